@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA_DIR := /usr/share/datasets/fashion-mnist
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint install data clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) data
+
+# Debian ships Fashion-MNIST as a package; install it when we can (root + apt).
+data:
+	@if [ -f $(DATA_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "data: Fashion-MNIST found in $(DATA_DIR)"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)); \
+	else \
+	  echo "data: run 'sudo apt-get install dataset-fashion-mnist' or pass --data-dir to the CLI"; \
+	fi
+
+run: install
+	$(BIN)/automl quickstart
+
+test: install
+	$(BIN)/ruff check automl agents search_spaces latency_models tests experiments
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check automl agents search_spaces latency_models tests experiments
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
