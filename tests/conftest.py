@@ -1,0 +1,33 @@
+"""Shared test set-up: quiet, isolated Ray / MLflow / cache settings and small seeded data.
+
+Helpers may add fixtures here; keep them cheap and session-scoped where data is involved.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Caches (checkpoints, profiles) go to a temp dir, never the user's ~/.cache."""
+    os.environ["AUTOML_HOME"] = str(tmp_path_factory.mktemp("automl_home"))
+
+
+@pytest.fixture(scope="session")
+def fmnist_small():
+    """2,000 Fashion-MNIST training images (10% carved for validation) and 500 test images, seeded."""
+    from automl.data import load_dataset
+
+    return load_dataset("fashion-mnist", limit=2000, test_limit=500, seed=0)
