@@ -16,6 +16,7 @@ from automl.cli.base import Command, CommandError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("automl.cli.models_cmd", "ModelsCommand", "list the model zoo with parameters and MACs"),
     "train": ("automl.cli.train_cmd", "TrainCommand", "train (or reuse the cached) base model and print test accuracy"),
+    "search": ("automl.cli.search_cmd", "SearchCommand", "run a compression search on Ray, tracked in MLflow"),
     "quickstart": ("automl.cli.quickstart_cmd", "QuickstartCommand", "what `make run` runs: a small end-to-end demo"),
 }
 

@@ -1,0 +1,403 @@
+"""`automl search`: run one compression search on Ray Tune, tracked in MLflow, resumable.
+
+Flow (driver):
+ 1. resolve the tracking store; start a parent run, or attach to one (resume / pre-created by the service);
+ 2. load or train the base model, load data, build the SearchSpace and the device latency profile;
+ 3. cost the dense model (predicted and measured latency) and turn the config's budget into a `Budget`;
+ 4. build the agent (or restore its pickled state when resuming) and wrap it as a Tune `Searcher`;
+ 5. run the trials on Ray (embedded local Ray by default, `--address` for a cluster); every finished
+    trial becomes a child run at once, so a killed driver loses only the trials in flight;
+ 6. fine-tune the top-k, re-measure their latency on the real runtime, log ONNX, Pareto front and best policy.
+
+MLflow is the source of truth for what has been evaluated: resume reads the finished children back,
+so no candidate is lost or evaluated twice.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from automl.search.config import SearchConfig
+from automl.search.pareto import pareto_front, plot_pareto
+from automl.search.progress import SearchProgress
+from automl.search.tracking_log import SearchTracker, json_dumps
+
+Printer = Callable[[str], None]
+
+
+class SearchError(RuntimeError):
+    """A search cannot start or continue (bad budget, nothing to resume, ...)."""
+
+
+@dataclass
+class SearchResult:
+    search_id: str
+    tracking_uri: str
+    experiment_id: str
+    candidates: list[dict[str, Any]]
+    finetuned: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    dense: dict[str, float] = field(default_factory=dict)
+    status: str = "finished"
+
+
+def _eprint(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def state_dir_for(search_id: str) -> Path:
+    from automl.training import default_home
+
+    path = default_home() / "searches" / search_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _find_resumable(tracker: SearchTracker, name: str) -> str:
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string=f"tags.`automl.role` = 'search' and tags.`automl.search_name` = '{name}'",
+        order_by=["attributes.start_time DESC"], max_results=20)
+    for run in runs:
+        if run.data.tags.get("automl.status") in ("running", "interrupted", "failed", "queued"):
+            return run.info.run_id
+    raise SearchError(f"no interrupted search named '{name}' in {tracker.tracking_uri}; "
+                      "start it without --resume, or pass --parent-run-id")
+
+
+class SearchRunner:
+    """Owns one search's driver-side state; `run()` does the whole flow."""
+
+    def __init__(self, config: SearchConfig, *, tracking_uri: str | None = None, name: str | None = None,
+                 resume: bool = False, parent_run_id: str | None = None, address: str | None = None,
+                 printer: Printer = _eprint):
+        from automl.tracking import default_tracking_uri
+
+        self.config = config
+        self.name = name or config.name
+        self.tracking_uri = tracking_uri or config.tracking.uri or default_tracking_uri()
+        self.resume = resume
+        self.parent_run_id = parent_run_id
+        self.address = address if address is not None else config.ray.address
+        self.print = printer
+
+    # ------------------------------------------------------------------ setup
+    def _base_model(self):
+        from automl.training import load_checkpoint, train_or_load
+
+        cfg = self.config
+        if cfg.model.checkpoint:
+            ckpt = load_checkpoint(cfg.model.checkpoint)
+            if ckpt.meta["model"] != cfg.model.name:
+                raise SearchError(f"checkpoint {cfg.model.checkpoint} holds model '{ckpt.meta['model']}', "
+                                  f"but the config names '{cfg.model.name}'")
+            return ckpt
+        self.print(f"base model: {cfg.model.name} on {cfg.dataset.name} ({cfg.model.train_epochs} epochs; "
+                   "cached after the first run)")
+        return train_or_load(cfg.model.name, cfg.dataset.name, epochs=cfg.model.train_epochs, seed=cfg.seed,
+                             limit=cfg.model.train_limit, data_dir=cfg.dataset.data_dir, progress=self.print)
+
+    def _profile(self):
+        cfg = self.config.latency
+        from latency_models import DeviceProfile, get_or_build_profile
+
+        if cfg.profile:
+            return DeviceProfile.load(cfg.profile)
+        self.print(f"latency profile: {cfg.runtime}, batch {cfg.batch}, {cfg.threads} thread(s) "
+                   f"(built once per machine, cached)")
+        return get_or_build_profile(cfg.runtime, minutes=cfg.profile_minutes, batch=cfg.batch, threads=cfg.threads,
+                                    device=cfg.device, progress=self.print)
+
+    def _measure(self, model, input_shape) -> float | None:
+        from latency_models import measure_latency
+
+        cfg = self.config.latency
+        est = measure_latency(model, input_shape, runtime=cfg.runtime, batch=cfg.batch, threads=cfg.threads,
+                              precision=cfg.precision, device=cfg.device)
+        return est.ms
+
+    def _budget(self, dense_latency_ms: float | None):
+        from agents import Budget
+
+        b = self.config.budget
+        max_latency = b.max_latency_ms
+        if b.max_latency_ratio is not None:
+            if dense_latency_ms is None:
+                raise SearchError("budget.max_latency_ratio needs a latency profile")
+            max_latency = b.max_latency_ratio * dense_latency_ms
+        return Budget(max_latency_ms=max_latency, max_mac_ratio=b.max_mac_ratio,
+                      max_size_bytes=None if b.max_size_mb is None else b.max_size_mb * 1e6)
+
+    # ------------------------------------------------------------------ main flow
+    def run(self) -> SearchResult:
+        cfg = self.config
+        tracker = SearchTracker(self.tracking_uri, cfg.tracking.experiment)
+        if self.parent_run_id:
+            tracker.attach_parent(self.parent_run_id)
+        elif self.resume:
+            tracker.attach_parent(_find_resumable(tracker, self.name))
+        else:
+            tracker.start_parent(self.name, tags={"automl.model": cfg.model.name, "automl.dataset": cfg.dataset.name,
+                                                  "automl.agent": cfg.agent.name, "automl.runtime": cfg.latency.runtime,
+                                                  "automl.device": cfg.latency.device or "local"},
+                                 params=cfg.flat_params())
+        search_id = tracker.parent_id
+        state_dir = state_dir_for(search_id)
+        done = tracker.completed_candidates("proxy") if (self.resume or self.parent_run_id) else []
+        if done:
+            self.print(f"resuming search {search_id}: {len(done)} candidate(s) already evaluated")
+        try:
+            return self._run(tracker, search_id, state_dir, done)
+        except KeyboardInterrupt:
+            tracker.finish_parent("interrupted")
+            self.print(f"\ninterrupted; resume with: automl search <config> --resume --name {self.name} "
+                       f"--tracking-uri {self.tracking_uri}")
+            raise
+        except BaseException as exc:
+            tracker.update_parent_tags({"automl.error": f"{type(exc).__name__}: {exc}"[:4000]})
+            tracker.finish_parent("failed")
+            raise
+
+    def _run(self, tracker: SearchTracker, search_id: str, state_dir: Path, done: list[dict[str, Any]]) -> SearchResult:
+        from agents import CostModel
+        from automl.data import load_dataset
+        from search_spaces import SearchSpace, SpaceConfig, cost_report
+
+        cfg = self.config
+        ckpt = self._base_model()
+        base = ckpt.model
+        meta = ckpt.meta
+        splits = load_dataset(cfg.dataset.name, cfg.dataset.data_dir, seed=cfg.seed, limit=cfg.dataset.limit,
+                              test_limit=cfg.dataset.test_limit)
+        input_shape = splits.input_shape
+        space = SearchSpace.from_model(base, cfg.model.name, input_shape, SpaceConfig.from_dict(dict(cfg.space)))
+        needs_latency = ("latency_ms" in cfg.objectives or cfg.budget.max_latency_ms is not None
+                         or cfg.budget.max_latency_ratio is not None)
+        profile = self._profile() if needs_latency else None
+        dense_policy = space.dense_policy()
+        dense = {"dense_macs": float(cost_report(space, dense_policy).dense_macs),
+                 "dense_accuracy": float(meta["test_acc"])}
+        if profile is not None:
+            from latency_models import predict_policy
+
+            dense["dense_latency_ms_predicted"] = predict_policy(profile, space, dense_policy).ms
+            dense["dense_latency_ms"] = self._measure(base, input_shape)
+            self.print(f"dense {cfg.model.name}: accuracy {100 * dense['dense_accuracy']:.2f}%, latency "
+                       f"{dense['dense_latency_ms']:.3f} ms measured / {dense['dense_latency_ms_predicted']:.3f} ms "
+                       f"predicted ({cfg.latency.runtime}, batch {cfg.latency.batch}, {cfg.latency.threads} thread)")
+        budget = self._budget(dense.get("dense_latency_ms_predicted"))
+        if not done:
+            tracker.log_parent_metrics(dense)
+            tracker.log_parent_text(cfg.to_yaml(), "config.yaml")
+            tracker.log_parent_text(space.to_json(), "search_space.json")
+            tracker.update_parent_tags({"automl.budget": json_dumps(_budget_dict(budget))})
+
+        latency_fn = None
+        if profile is not None:
+            from latency_models import predict_policy
+
+            def latency_fn(policy, _p=profile, _s=space):
+                return predict_policy(_p, _s, policy).ms
+        cost_model = CostModel(space, latency_fn)
+        agent = self._agent(state_dir, done, space, budget, cost_model)
+
+        remaining = cfg.candidates - len(done)
+        from automl.search.trial import TrialContext, fault_settings_from_env
+
+        n_calib = min(len(splits.x_train), 128 * max(1, cfg.evaluation.calib_batches))
+        ctx = TrialContext(
+            model_name=cfg.model.name,
+            model_kwargs={"in_channels": meta["in_channels"], "num_classes": meta["num_classes"],
+                          "image_size": meta["image_size"]},
+            base_state={k: v.clone() for k, v in base.state_dict().items()},
+            x_calib=splits.x_train[:n_calib].clone(), x_val=splits.x_val[:cfg.evaluation.proxy_val_images].clone(),
+            y_val=splits.y_val[:cfg.evaluation.proxy_val_images].clone(), space=space, profile=profile,
+            dense_macs=int(dense["dense_macs"]), calib_batches=cfg.evaluation.calib_batches,
+            threads=max(1, int(cfg.ray.cpus_per_trial)), fault=fault_settings_from_env())
+        progress = SearchProgress(cfg.candidates, already=len(done), printer=self.print,
+                                  best=_best_of(done))
+        candidates = list(done)
+        if remaining > 0:
+            candidates += self._run_trials(tracker, agent, ctx, remaining, len(done), state_dir, progress)
+        else:
+            self.print("all candidates already evaluated; going straight to fine-tuning")
+
+        finetuned = self._finetune_top_k(tracker, candidates, base, splits, space, profile)
+        result = self._finish(tracker, search_id, candidates, finetuned, dense)
+        return result
+
+    def _agent(self, state_dir: Path, done: list[dict[str, Any]], space, budget, cost_model):
+        from agents import make_agent
+
+        cfg = self.config
+        pickled = state_dir / "agent.pkl"
+        if done and pickled.is_file():
+            try:
+                return pickle.loads(pickled.read_bytes())
+            except Exception as exc:  # an unreadable pickle falls back to replaying MLflow history
+                self.print(f"warning: cannot restore the agent state ({exc}); replaying {len(done)} results")
+        agent = make_agent(cfg.agent.name, space, budget, cost_model, seed=cfg.seed, **cfg.agent.options)
+        if done:
+            from agents import Observation
+
+            for record in done:
+                agent.observe(record["policy"], Observation(metrics=record["metrics"], status=record["status"],
+                                                            error=record["error"]))
+        return agent
+
+    def _init_ray(self) -> bool:
+        """Start an embedded Ray (returns True) or connect to `address` (returns False)."""
+        import ray
+
+        if ray.is_initialized():
+            return False
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        cfg = self.config.ray
+        if self.address:
+            self.print(f"ray: connecting to cluster at {self.address}")
+            ray.init(address=self.address, log_to_driver=False)
+        else:
+            num_cpus = max(1, int(round(cfg.workers * cfg.cpus_per_trial)))
+            kwargs: dict[str, Any] = {}
+            if os.environ.get("AUTOML_RAY_TMPDIR"):
+                kwargs["_temp_dir"] = os.environ["AUTOML_RAY_TMPDIR"]
+            ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=cfg.object_store_mb * 2**20,
+                     log_to_driver=False, configure_logging=False, **kwargs)
+        return True
+
+    def _run_trials(self, tracker, agent, ctx, remaining: int, offset: int, state_dir: Path,
+                    progress: SearchProgress) -> list[dict[str, Any]]:
+        import ray
+        from ray import tune
+
+        from automl.search.callbacks import CandidateLogger
+        from automl.search.searcher import AgentSearcher
+        from automl.search.trial import run_trial
+
+        cfg = self.config
+        started = self._init_ray()
+        try:
+            searcher = AgentSearcher(agent, remaining, state_path=state_dir / "agent.pkl")
+            logger = CandidateLogger(tracker, offset, progress)
+            trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": cfg.ray.cpus_per_trial})
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, metric="accuracy", mode="max",
+                                            max_concurrent_trials=cfg.ray.workers),
+                run_config=tune.RunConfig(name="trials", storage_path=str(state_dir / "ray"), verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=cfg.ray.max_retries),
+                                          callbacks=[logger], progress_reporter=None),
+            )
+            tuner.fit()
+            return logger.records
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _finetune_top_k(self, tracker, candidates, base, splits, space, profile) -> list[dict[str, Any]]:
+        cfg = self.config
+        k = cfg.evaluation.finetune_top_k
+        ok = [c for c in candidates if c["status"] == "ok"]
+        if k == 0 or not ok:
+            return []
+        previous = tracker.completed_candidates("finetuned")  # a resumed search keeps earlier fine-tunes
+        already = {r["index"] for r in previous}
+        top = sorted(ok, key=lambda c: -c["metrics"].get("accuracy", 0.0))[:k]
+        from automl.evaluation import finetune_and_test
+        from search_spaces import apply_policy
+
+        out = [{**r, "stage": "finetuned"} for r in previous]
+        for rank, cand in enumerate(top):
+            if cand["index"] in already:
+                continue
+            self.print(f"fine-tuning top-{rank + 1} candidate #{cand['index']} "
+                       f"({cfg.evaluation.finetune_epochs} epoch(s))")
+            import copy
+
+            import torch
+
+            model = copy.deepcopy(base)
+            example = torch.zeros(1, *space.input_shape)
+            compressed = apply_policy(model, cand["policy"], example, calib=splits.x_train[:256])
+            test_acc = finetune_and_test(compressed, splits, epochs=cfg.evaluation.finetune_epochs, seed=cfg.seed,
+                                         progress=self.print)
+            metrics = dict(cand["metrics"])
+            metrics.update(accuracy=test_acc, finetuned_accuracy=test_acc)
+            tags = {"automl.source_candidate": str(cand["index"]), "automl.latency_source": "predicted"}
+            artifacts = []
+            with tempfile.TemporaryDirectory() as tmp:
+                if rank < cfg.latency.measure_top_k:
+                    measured = self._measure(compressed.model, space.input_shape)
+                    metrics["latency_ms_measured"] = measured
+                    metrics["latency_ms"] = measured
+                    tags["automl.latency_source"] = "measured"
+                try:
+                    from search_spaces.export import export_onnx
+
+                    onnx_path = Path(tmp) / "model.onnx"
+                    export_onnx(compressed.model, example, onnx_path)
+                    artifacts.append(onnx_path)
+                except Exception as exc:  # ONNX export failure must not lose the fine-tune result
+                    tags["automl.onnx_error"] = f"{type(exc).__name__}: {exc}"[:1000]
+                run_id = tracker.log_candidate(index=cand["index"], policy=cand["policy"], metrics=metrics,
+                                               stage="finetuned", status="ok", tags=tags, artifacts=artifacts)
+            self.print(f"  #{cand['index']}: test accuracy {100 * test_acc:.2f}%"
+                       + (f", measured latency {metrics['latency_ms_measured']:.3f} ms"
+                          if "latency_ms_measured" in metrics else ""))
+            out.append({**cand, "metrics": metrics, "run_id": run_id, "stage": "finetuned"})
+        return out
+
+    def _finish(self, tracker, search_id, candidates, finetuned, dense) -> SearchResult:
+        ok = [c for c in candidates if c["status"] == "ok"]
+        points = [(c["metrics"].get("accuracy", 0.0), c["metrics"].get("latency_ms", c["metrics"].get("mac_ratio")),
+                   c) for c in ok]
+        front = pareto_front(points)
+        best = None
+        pool = finetuned or ok
+        if pool:
+            best = max(pool, key=lambda c: c["metrics"].get("accuracy", 0.0))
+            tracker.log_parent_text(best["policy"].to_json(), "best_policy.json")
+            tracker.log_parent_metrics({"best_accuracy": best["metrics"]["accuracy"],
+                                        "best_latency_ms": best["metrics"].get("latency_ms"),
+                                        "candidates_done": len(candidates)})
+            tracker.update_parent_tags({"automl.best_run_id": best.get("run_id", ""),
+                                        "automl.best_stage": best.get("stage", "proxy")})
+        lines = ["candidate,run_id,accuracy,latency_ms,mac_ratio,size_bytes"]
+        for acc, _, c in front:
+            m = c["metrics"]
+            lines.append(f"{c['index']},{c.get('run_id', '')},{acc},{m.get('latency_ms', '')},{m.get('mac_ratio', '')},"
+                         f"{m.get('size_bytes', '')}")
+        tracker.log_parent_text("\n".join(lines) + "\n", "pareto.csv")
+        if points:
+            with tempfile.TemporaryDirectory() as tmp:
+                png = plot_pareto(points, front, Path(tmp) / "pareto.png",
+                                  xlabel="latency (ms)" if ok and "latency_ms" in ok[0]["metrics"] else "MAC ratio",
+                                  dense=(dense.get("dense_accuracy"), dense.get("dense_latency_ms")))
+                tracker.log_parent_file(png)
+        tracker.finish_parent("finished")
+        return SearchResult(search_id=search_id, tracking_uri=self.tracking_uri,
+                            experiment_id=tracker.experiment_id, candidates=candidates, finetuned=finetuned,
+                            best=best, dense=dense)
+
+
+def _best_of(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    ok = [r for r in records if r["status"] == "ok"]
+    return max(ok, key=lambda r: r["metrics"].get("accuracy", 0.0)) if ok else None
+
+
+def _budget_dict(budget) -> dict[str, Any]:
+    return {k: getattr(budget, k, None) for k in ("max_latency_ms", "max_mac_ratio", "max_size_bytes")}
+
+
+def run_search(config: SearchConfig, **kwargs: Any) -> SearchResult:
+    """Python API: the same as `automl search`."""
+    return SearchRunner(config, **kwargs).run()
+
