@@ -121,7 +121,7 @@ class LayerDecision:
             if not isinstance(self.n, int) or self.n < 2:
                 raise PolicyError(f"block1xn needs a block length n >= 2, got {self.n!r}", layer, "n")
         if self.scheme == "block_punched":
-            if self.block is None or len(self.block) != 2 or any((not isinstance(b, int)) or b < 1 for b in self.block):
+            if not isinstance(self.block, (tuple, list)) or len(self.block) != 2 or any((not isinstance(b, int)) or b < 1 for b in self.block):
                 raise PolicyError(f"block_punched needs block = (rows, cols) of positive ints, got {self.block!r}",
                                   layer, "block")
         if self.scheme == "channel" and self.align not in CHANNEL_ALIGNS:
@@ -276,7 +276,10 @@ class CompressionPolicy:
             raise PolicyError("layers must be an object of layer name -> decision", field_name="layers")
         layers = {name: LayerDecision.from_dict(d, name) for name, d in layers_raw.items()}
         default = LayerDecision.from_dict(data.get("default", {"scheme": "dense"}), "<default>")
-        return cls(model=data["model"], layers=layers, default=default, metadata=dict(data.get("metadata", {})))
+        metadata = data.get("metadata", {})
+        if not isinstance(metadata, Mapping):
+            raise PolicyError(f"metadata must be an object, got {type(metadata).__name__}", field_name="metadata")
+        return cls(model=data["model"], layers=layers, default=default, metadata=dict(metadata))
 
     @classmethod
     def from_json(cls, text: str) -> CompressionPolicy:

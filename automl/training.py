@@ -54,6 +54,7 @@ class TrainConfig:
 
 
 def set_threads(threads: int | None = None) -> None:
+    """Pin torch's intra-op threads (default: every core); timings and shared machines need it explicit."""
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
 
 
@@ -191,21 +192,39 @@ def train_config_for(model: str, epochs: int, seed: int, **overrides: Any) -> Tr
 def train_or_load(model_name: str, dataset: str = "fashion-mnist", *, epochs: int = 5, seed: int = 0,
                   limit: int | None = None, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                   splits: DatasetSplits | None = None, progress: ProgressFn | None = stderr_progress,
-                  force: bool = False) -> Checkpoint:
-    """Train a base model, or reuse the cached checkpoint for the same model/dataset/seed/epochs/limit."""
+                  force: bool = False, threads: int | None = None) -> Checkpoint:
+    """Train a base model, or reuse the cached checkpoint for the same model/dataset/seed/epochs/limit.
+
+    `splits`, when given, replaces loading `dataset` (the cache key still uses `dataset` and `limit`, so
+    pass splits that match them). `threads` sets torch's thread count; by default the caller's setting
+    stands (tests pin one thread, and training must not silently undo that).
+    """
     config = train_config_for(model_name, epochs, seed)
     key = CheckpointKey(model_name, dataset, seed, epochs, limit, recipe=asdict(config))
     path = Path(cache_dir or default_home() / "checkpoints") / key.filename()
     if path.is_file() and not force:
-        ckpt = load_checkpoint(path)
-        ckpt.reused = True
-        return ckpt
-    set_threads()
+        try:
+            ckpt = load_checkpoint(path)
+        except Exception as exc:  # unreadable or from an incompatible model definition: retrain over it
+            if progress:
+                progress(f"{model_name}: cached checkpoint {path} is unusable ({type(exc).__name__}: {exc}); "
+                         "retraining")
+        else:
+            ckpt.reused = True
+            return ckpt
+    if threads is not None:
+        set_threads(threads)
     torch.manual_seed(seed)
     if splits is None:
+        if progress:
+            progress(f"loading {dataset}" + (f" (limit {limit})" if limit else ""))
         splits = load_dataset(dataset, data_dir, seed=seed, limit=limit)
     info = splits.info
     model = build_model(model_name, info.in_channels, info.num_classes, info.image_size)
+    if progress:
+        sizes = splits.sizes()
+        progress(f"training {model_name} on {dataset}: {sizes['train']} train / {sizes['val']} val / "
+                 f"{sizes['test']} test images, {epochs} epochs, {config.optimizer} lr {config.lr}")
     t0 = time.perf_counter()
     history = train_epochs(model, splits.x_train, splits.y_train, config, progress=progress, label=model_name)
     train_time = time.perf_counter() - t0

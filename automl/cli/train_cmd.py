@@ -21,6 +21,7 @@ class TrainCommand(Command):
         parser.add_argument("--limit", type=int, default=None, help="use only this many training images")
         parser.add_argument("--cache-dir", default=None, help="checkpoint cache (default: $AUTOML_HOME/checkpoints)")
         parser.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
+        parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
         parser.add_argument("--format", choices=("text", "json"), default="text")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -28,9 +29,14 @@ class TrainCommand(Command):
 
         if args.epochs < 0:
             raise CommandError(f"--epochs must be >= 0, got {args.epochs}")
+        if args.limit is not None and args.limit < 2:
+            raise CommandError(f"--limit must be >= 2 images (one for training, one for validation), got {args.limit}")
+        if getattr(args, "threads", None) is not None and args.threads < 1:
+            raise CommandError(f"--threads must be >= 1, got {args.threads}")
         try:
             ckpt = train_or_load(args.model, args.dataset, epochs=args.epochs, seed=args.seed, limit=args.limit,
-                                 data_dir=args.data_dir, cache_dir=args.cache_dir, force=args.force)
+                                 data_dir=args.data_dir, cache_dir=args.cache_dir, force=args.force,
+                                 threads=getattr(args, "threads", None))
         except (DatasetError, ModelError) as exc:
             raise CommandError(str(exc)) from exc
         meta = ckpt.meta

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from automl.data.cifar import HINT as CIFAR_HINT
 from automl.data.cifar import load_cifar10
 from automl.data.errors import DatasetError
 from automl.data.idx import read_idx
@@ -88,6 +89,9 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+_HINTS = {"fashion-mnist": FASHION_MNIST_HINT, "cifar10": CIFAR_HINT}
+
+
 def dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
@@ -98,11 +102,11 @@ def dataset_info(name: str) -> DatasetInfo:
 def resolve_data_dir(info: DatasetInfo, data_dir: str | Path | None) -> Path:
     if data_dir is None:
         data_dir = os.environ.get("AUTOML_DATA_DIR") or info.default_dir
+    hint = _HINTS.get(info.name, "")
     if data_dir is None:
-        raise DatasetError(f"dataset '{info.name}' has no default location; pass --data-dir")
+        raise DatasetError(f"dataset '{info.name}' has no default location; pass --data-dir. {hint}".strip())
     path = Path(data_dir)
     if not path.is_dir():
-        hint = FASHION_MNIST_HINT if info.name == "fashion-mnist" else ""
         raise DatasetError(f"data directory {path} does not exist. {hint}".strip())
     return path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ def read_idx(path: Path, hint: str = "") -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as exc:
-        raise DatasetError(f"cannot read {path} ({exc}); the file is corrupt. {hint}".strip()) from exc
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: damaged deflate data, not an OSError
+        raise DatasetError(f"cannot read {path} ({type(exc).__name__}: {exc}); the file is corrupt. {hint}".strip()) from exc
     if len(raw) < 4:
         raise DatasetError(f"{path} is too short to be an IDX file; the file is corrupt. {hint}".strip())
     zero, dtype_code, ndim = raw[0] << 8 | raw[1], raw[2], raw[3]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,14 +54,35 @@ def resolve_factory(name: str) -> Callable[..., nn.Module]:
         raise ModelError(f"unknown model '{name}'; zoo models: {', '.join(ZOO)}; "
                          "or name your own as 'package.module:factory'")
     module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"model '{name}' must look like 'package.module:factory'")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(f"cannot import module '{module_name}' for model '{name}': {exc}") from exc
+        module = _import_user_module(module_name)
+    except Exception as exc:  # an ImportError, or any error raised while the user's module runs
+        raise ModelError(f"cannot import module '{module_name}' for model '{name}': "
+                         f"{type(exc).__name__}: {exc}") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelError(f"module '{module_name}' has no callable '{attr}' (from model '{name}')")
     return factory
+
+
+def _import_user_module(module_name: str):
+    """Import a user's module; fall back to the working directory, which the `automl` console script
+    (unlike `python -m automl`) leaves off sys.path, so `--model mymodels:net` works from a project folder."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        top = module_name.split(".")[0]
+        if exc.name != top or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            sys.path.remove(cwd)
+            raise
 
 
 def recipe_for(name: str) -> dict[str, object]:
@@ -77,7 +100,10 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, image_si
         kwargs = offered if accepts_kwargs else {k: v for k, v in offered.items() if k in params}
     except (TypeError, ValueError):
         kwargs = {}
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise ModelError(f"factory for model '{name}' failed with {kwargs}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"factory for '{name}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
