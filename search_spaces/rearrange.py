@@ -7,7 +7,7 @@ network computes exactly the same function (tests/test_apply.py checks that).
 
 Where it is skipped (reported, never silently wrong): when the layer's output channels are coupled to
 another producer (a residual add: permuting one branch would need permuting all of them and the
-block inputs), when a consumer is a depthwise conv, a flatten into a classifier, a concat, or the
+block inputs), when the layer's outputs are the model's outputs, when a consumer is a depthwise conv, a flatten into a classifier, a concat, or the
 model output. In the zoo that means: ResNet conv1 of each block (consumer conv2) is rearranged,
 ResNet conv2 / shortcut (residual-coupled) are skipped; MobileNetV2 expand convs feed a depthwise
 conv (skipped); VGG convs except the last before the flatten are rearranged; ViT MLP fc1 is
@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch_pruning.ops import OPTYPE
 
-from search_spaces.channel import _build_graph
+from automl.models.layers import prunable_layers
+from search_spaces.channel import _build_graph, output_layers
 
 
 def _plan(graph, model: nn.Module, name: str) -> tuple[list[tuple[nn.Module, str]], str | None]:
@@ -61,8 +62,12 @@ def rearrange_filters(model: nn.Module, example_input: torch.Tensor, layers: Seq
     if not layers:
         return {}
     graph = _build_graph(model, example_input)
+    protected = output_layers(model, example_input, prunable_layers(model, tuple(example_input.shape[1:])))
     status: dict[str, str] = {}
     for name in layers:
+        if name in protected:
+            status[name] = "skipped: its outputs are the model's outputs"
+            continue
         plan, reason = _plan(graph, model, name)
         if reason is not None:
             status[name] = f"skipped: {reason}"

@@ -34,6 +34,7 @@ from automl.models.layers import LayerInfo, prunable_layers
 from automl.policy import CompressionPolicy, LayerDecision, LayerShape, PolicyError
 from search_spaces.channel import ChannelGroup, find_channel_groups, resolve_kept
 from search_spaces.schemes import SCHEME_REGISTRY, SchemeError, get_scheme
+from search_spaces.schemes.base import bare_message
 
 SPACE_VERSION = 1
 
@@ -74,7 +75,7 @@ class SpaceConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["schemes"] = {k: list(v) for k, v in self.schemes.items()}
-        return d
+        return json.loads(json.dumps(d))  # plain lists, equal to what from_json reads back
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SpaceConfig:
@@ -471,7 +472,12 @@ class SearchSpace:
             raise SchemeError(f"policy is for model '{policy.model}', the space for '{self.model_name}'",
                               field_name="model")
         shapes = {lc.layer.name: lc.layer.shape() for lc in self.layers}
-        policy.validate(shapes)
+        try:
+            policy.validate(shapes)
+        except SchemeError:
+            raise
+        except PolicyError as exc:  # one error type for callers of the space
+            raise SchemeError(bare_message(exc), exc.layer, exc.field_name) from exc
         for name, d in policy.layers.items():
             shape = shapes[name]
             get_scheme(d.scheme).check(shape, d)
@@ -491,7 +497,7 @@ class SearchSpace:
             except PolicyError as exc:
                 raise SchemeError(f"after channel pruning of coupled layers the layer is "
                                   f"{cl.out_channels}x{cl.gemm_cols} (out x GEMM columns): "
-                                  f"{str(exc).split(': ', 2)[-1]}", cl.name, exc.field_name) from exc
+                                  f"{bare_message(exc)}", cl.name, exc.field_name) from exc
 
 
 def _distance(option: LayerDecision, wanted: LayerDecision) -> tuple[float, float]:

@@ -25,6 +25,18 @@ class SchemeError(PolicyError):
     """A scheme does not fit a layer (unsupported kind, impossible parameter); names layer and field."""
 
 
+def bare_message(exc: PolicyError) -> str:
+    """The message of a PolicyError without its "layer 'x', field 'y': " prefix (to re-raise it)."""
+    where = []
+    if exc.layer is not None:
+        where.append(f"layer '{exc.layer}'")
+    if exc.field_name is not None:
+        where.append(f"field '{exc.field_name}'")
+    prefix = (", ".join(where) + ": ") if where else ""
+    text = str(exc)
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 def gemm_view(weight: torch.Tensor) -> torch.Tensor:
     """(out, in/groups*kh*kw): the matrix the runtime multiplies; shares storage with `weight`."""
     return weight.reshape(weight.shape[0], -1)
@@ -55,7 +67,7 @@ class PruningScheme(ABC):
         except SchemeError:
             raise
         except PolicyError as exc:
-            raise SchemeError(str(exc).split(": ", 2)[-1], layer.name, exc.field_name) from exc
+            raise SchemeError(bare_message(exc), layer.name, exc.field_name) from exc
         self._check_params(layer, decision)
 
     def _check_params(self, layer: LayerShape, decision: LayerDecision) -> None:
