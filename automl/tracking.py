@@ -33,3 +33,32 @@ def default_tracking_uri() -> str:
 def resolve_tracking_uri(uri: str | None) -> str:
     """An explicit URI (flag, config) wins; otherwise the shared default."""
     return uri.strip() if uri and uri.strip() else default_tracking_uri()
+
+
+def artifact_location_for(tracking_uri: str) -> str | None:
+    """Where a new experiment's artifacts should go: beside a sqlite database, else the server's default.
+
+    Without this MLflow puts artifacts of a sqlite store in ``./mlruns`` of whatever directory the
+    process happens to run in, so a search started from two places splits its files (and tests litter
+    the repository).
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent.resolve() / "mlartifacts").as_uri()
+    return None
+
+
+def ensure_experiment(client, name: str = DEFAULT_EXPERIMENT) -> str:
+    """Id of experiment `name` in the client's store, created (with `artifact_location_for`) if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location_for(client.tracking_uri))
+    except MlflowException:  # another process created it between our look-up and create
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id

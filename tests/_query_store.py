@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from automl.policy import CompressionPolicy, LayerDecision
+from automl.tracking import ensure_experiment
 
 DEVICE = "epyc-avx2"
 
@@ -58,7 +59,7 @@ def make_store(root: Path) -> tuple[str, dict[str, str]]:
     """Create the store; returns (tracking uri, ids) with ids like 'A' (search) and 'A1f' / 'A1p' (candidates)."""
     uri = f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("compress-search")
+    exp = ensure_experiment(client, "compress-search")  # artifacts beside the db, not in ./mlruns
     ids: dict[str, str] = {}
     for key, (model, dataset, device, total) in SEARCHES.items():
         run = client.create_run(exp, run_name=f"search-{key}", tags={

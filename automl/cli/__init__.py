@@ -17,6 +17,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("automl.cli.models_cmd", "ModelsCommand", "list the model zoo with parameters and MACs"),
     "train": ("automl.cli.train_cmd", "TrainCommand", "train (or reuse the cached) base model and print test accuracy"),
     "search": ("automl.cli.search_cmd", "SearchCommand", "run a compression search on Ray, tracked in MLflow"),
+    "best": ("automl.cli.best_cmd", "BestCommand", "the most accurate tracked policy for a model under constraints"),
+    "compare": ("automl.cli.compare_cmd", "CompareCommand", "compare policies/searches: table, Pareto plot, per layer"),
+    "serve": ("automl.cli.serve_cmd", "ServeCommand", "serve the HTTP API (FastAPI + uvicorn, docs at /docs)"),
     "quickstart": ("automl.cli.quickstart_cmd", "QuickstartCommand", "what `make run` runs: a small end-to-end demo"),
 }
 
