@@ -1,0 +1,330 @@
+"""Kernels: the fused op groups a runtime executes, found by tracing one forward pass.
+
+nn-Meter's observation: a model's latency is close to the sum of its *kernels'* latencies, where a
+kernel is what the runtime runs as one unit (conv+bn+relu after fusion, an add+relu, a pool, a matmul).
+We trace the torch functions a forward pass calls (a `TorchFunctionMode`), fuse batch-norm and
+activations into the conv/linear before them and activations into the add before them, and describe
+each kernel by the features its latency depends on.
+
+Each traced tensor remembers which prunable layer's output channels it carries (its *owner*), so the
+non-prunable kernels (adds, pools, norms, attention matmuls) of a *compressed* model can be derived
+from the dense trace by scaling with the owner's kept-channel ratio; `predict_policy` never re-traces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+KERNEL_TYPES = ("conv", "dwconv", "linear", "eltwise", "pool", "norm", "softmax", "matmul", "transpose")
+SCHEME_CODES = {"dense": 0, "unstructured": 1, "channel": 0, "nm": 2, "block1xn": 3, "pattern": 4, "block_punched": 5}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One runtime kernel. `params` are raw numbers; the predictor derives alignment features from them.
+
+    conv:    cin, cout, k, stride, h_in, w_in, has_bn, has_act, density, scheme, wbits, abits
+    dwconv:  c, k, stride, h_in, w_in, has_act
+    linear:  tokens, fin, fout, has_act, density, scheme, wbits, abits
+    eltwise: numel, n_inputs, has_act        pool: numel_in, numel_out
+    norm:    numel, dim                      softmax: numel
+    matmul:  batch, m, k, n                  transpose: numel
+    """
+
+    type: str
+    params: tuple[float, ...]
+    layer: str | None = None  # prunable layer name (conv/linear/dwconv)
+    owner: str | None = None  # prunable layer whose channels this kernel's size follows
+    scaled: tuple[int, ...] = ()  # indices of params that scale with the owner's kept-channel ratio
+    count: int = 1
+
+
+@dataclass
+class _Meta:
+    owner: str | None
+    cdim: int | None  # which dim holds the owner's channels (negative index), None if mixed
+
+
+_ACTS = {F.relu, F.relu6, F.hardtanh, F.gelu, F.silu, F.hardswish, F.sigmoid, F.leaky_relu, torch.relu,
+         torch.sigmoid, torch.tanh, torch.Tensor.relu, torch.Tensor.relu_, torch.relu_, F.elu}
+_ADDS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
+         torch.Tensor.add_, torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__,
+         torch.Tensor.__sub__, torch.sub}
+_POOLS = {F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d, F.adaptive_max_pool2d, torch.mean, torch.Tensor.mean}
+_MATMUL = {torch.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.matmul}
+_SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax}
+_TRANSPOSE = {torch.transpose, torch.Tensor.transpose, torch.Tensor.permute, torch.permute}
+_SHAPE = {torch.Tensor.reshape, torch.reshape, torch.Tensor.view, torch.flatten, torch.Tensor.flatten}
+_CAT = {torch.cat}
+
+
+class _Tracer(TorchFunctionMode):
+    def __init__(self, names: dict[int, str]):
+        super().__init__()
+        self.names = names
+        self.kernels: list[dict[str, Any]] = []
+        self.meta: dict[int, _Meta] = {}
+        self.last: dict[int, int] = {}  # id(output tensor) -> index of the kernel that produced it
+        self.keep: list[torch.Tensor] = []
+
+    def _m(self, t: Any) -> _Meta:
+        return self.meta.get(id(t), _Meta(None, None)) if isinstance(t, torch.Tensor) else _Meta(None, None)
+
+    def _set(self, out: Any, meta: _Meta, kernel: int | None) -> None:
+        if isinstance(out, torch.Tensor):
+            self.meta[id(out)] = meta
+            self.keep.append(out)
+            if kernel is not None:
+                self.last[id(out)] = kernel
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        x = args[0] if args else None
+        if func is F.conv2d:
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+            stride = kwargs.get("stride", args[3] if len(args) > 3 else 1)
+            groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
+            stride = stride[0] if isinstance(stride, (tuple, list)) else stride
+            cout, cin_g, kh, _ = w.shape
+            name = self.names.get(id(w))
+            cin = cin_g * groups
+            if groups > 1 and groups == cin == cout:
+                k = {"type": "dwconv", "p": [cout, kh, stride, x.shape[-2], x.shape[-1], 0], "layer": name}
+            else:
+                k = {"type": "conv", "p": [cin, cout, kh, stride, x.shape[-2], x.shape[-1], 0, 0, 1.0, 0, 32, 32],
+                     "layer": name, "groups": groups}
+            self.kernels.append(k)
+            self._set(out, _Meta(name, -3), len(self.kernels) - 1)
+        elif func is F.linear:
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+            name = self.names.get(id(w))
+            tokens = x.numel() // x.shape[0] // x.shape[-1]
+            self.kernels.append({"type": "linear", "p": [tokens, w.shape[1], w.shape[0], 0, 1.0, 0, 32, 32],
+                                 "layer": name})
+            self._set(out, _Meta(name, -1), len(self.kernels) - 1)
+        elif func is F.batch_norm:
+            src = self.last.get(id(x))
+            if src is not None and self.kernels[src]["type"] == "conv":
+                self.kernels[src]["p"][6] = 1
+                self._set(out, self._m(x), src)
+            elif src is not None and self.kernels[src]["type"] == "dwconv":
+                self._set(out, self._m(x), src)
+            else:
+                self._eltwise(out, x, 1)
+        elif func in _ACTS:
+            src = self.last.get(id(x))
+            if src is not None:
+                kind = self.kernels[src]["type"]
+                idx = {"conv": 7, "dwconv": 5, "linear": 3, "eltwise": 2}.get(kind)
+                if idx is not None and not self.kernels[src]["p"][idx]:
+                    self.kernels[src]["p"][idx] = 1
+                    self._set(out, self._m(x), src)
+                    return out
+            self._eltwise(out, x, 1)
+        elif func in _ADDS:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            big = max(tensors, key=lambda t: t.numel()) if tensors else None
+            if big is not None and isinstance(out, torch.Tensor) and out.numel() > 1:
+                self._eltwise(out, big, len(tensors), owner_from=[self._m(t) for t in tensors])
+        elif func in _POOLS:
+            if isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor):
+                m = self._m(x)
+                self.kernels.append({"type": "pool", "p": [x.numel() // x.shape[0], out.numel() // out.shape[0]],
+                                     "owner": m.owner, "scaled": (0, 1) if m.owner else ()})
+                cd = m.cdim if m.cdim is not None and out.dim() >= -m.cdim else None
+                if func in (torch.mean, torch.Tensor.mean) and out.dim() == 2:
+                    cd = -1
+                self._set(out, _Meta(m.owner, cd), None)
+        elif func is F.layer_norm:
+            m = self._m(x)
+            self.kernels.append({"type": "norm", "p": [x.numel() // x.shape[0], x.shape[-1]], "owner": m.owner,
+                                 "scaled": (0, 1) if m.owner else ()})
+            self._set(out, m, None)
+        elif func in _SOFTMAX:
+            m = self._m(x)
+            self.kernels.append({"type": "softmax", "p": [x.numel() // x.shape[0]], "owner": m.owner,
+                                 "scaled": (0,) if m.owner else ()})
+            self._set(out, m, None)
+        elif func in _MATMUL:
+            a, b = args[0], args[1]
+            ma, mb = self._m(a), self._m(b)
+            batch = a.numel() // (a.shape[-1] * a.shape[-2]) // a.shape[0] if a.dim() > 2 else 1
+            scaled, owner = [], None
+            if ma.owner and ma.cdim == -1:
+                scaled.append(2)
+                owner = ma.owner
+            if mb.owner and mb.cdim == -1:
+                scaled.append(3)
+                owner = owner or mb.owner
+            self.kernels.append({"type": "matmul", "p": [batch, a.shape[-2], a.shape[-1], b.shape[-1]],
+                                 "owner": owner, "scaled": tuple(scaled)})
+            self._set(out, _Meta(mb.owner, -1) if 3 in scaled else _Meta(None, None), None)
+        elif func in _TRANSPOSE:
+            m = self._m(x)
+            nd = x.dim()
+            if func in (torch.transpose, torch.Tensor.transpose):
+                d0, d1 = (a % nd for a in args[1:3])
+                perm = list(range(nd))
+                perm[d0], perm[d1] = perm[d1], perm[d0]
+            else:
+                perm = list(args[1:]) if len(args) > 2 else list(args[1])
+                perm = [p % nd for p in perm]
+            cd = None
+            if m.cdim is not None:
+                pos = m.cdim % nd
+                cd = perm.index(pos) - nd
+            if x.shape[-1] != 1 and x.shape[-2] != 1 and not (x.dim() > 2 and perm[-1] == nd - 1):
+                self.kernels.append({"type": "transpose", "p": [x.numel() // x.shape[0]], "owner": m.owner,
+                                     "scaled": (0,) if m.owner else ()})
+            self._set(out, _Meta(m.owner, cd), None)
+        elif func in _SHAPE:
+            m = self._m(x)
+            cd = m.cdim
+            if isinstance(out, torch.Tensor) and cd is not None:
+                if cd == -1 and out.dim() > 0 and x.shape[-1] % out.shape[-1] == 0:
+                    cd = -1  # splitting or keeping the channel dim last (heads)
+                elif cd == -3 and out.dim() == 2:
+                    cd = -1  # flatten(N, C, 1, 1) -> (N, C)
+                elif cd == -1 and out.dim() > 0 and out.shape[-1] % x.shape[-1] == 0:
+                    cd = -1  # merging heads back
+                else:
+                    cd = None
+            self._set(out, _Meta(m.owner, cd), None)
+        elif func in _CAT:
+            self._set(out, _Meta(None, None), None)
+        elif isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor):
+            self._set(out, self._m(x), self.last.get(id(x)))
+        return out
+
+    def _eltwise(self, out: Any, x: torch.Tensor, n_inputs: int, owner_from: list[_Meta] | None = None) -> None:
+        metas = owner_from or [self._m(x)]
+        m = next((mm for mm in metas if mm.owner), _Meta(None, None))
+        self.kernels.append({"type": "eltwise", "p": [x.numel() // x.shape[0], n_inputs, 0], "owner": m.owner,
+                             "scaled": (0,) if m.owner else ()})
+        self._set(out, m, len(self.kernels) - 1)
+
+
+@torch.no_grad()
+def trace_kernels(model: nn.Module, input_shape: Sequence[int]) -> list[Kernel]:
+    """The kernels of one forward pass of `model` on one sample of `input_shape` (C, H, W), in order."""
+    names = {id(m.weight): name for name, m in model.named_modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear)) and getattr(m, "weight", None) is not None}
+    was_training = model.training
+    model.eval()
+    tracer = _Tracer(names)
+    try:
+        with tracer:
+            model(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+    out = []
+    for k in tracer.kernels:
+        p = tuple(float(v) for v in k["p"])
+        if k["type"] == "conv" and k.get("groups", 1) > 1:  # grouped, not depthwise: cost like cin/groups
+            p = (p[0] / k["groups"],) + p[1:]
+        out.append(Kernel(k["type"], p, layer=k.get("layer"), owner=k.get("owner") or k.get("layer"),
+                          scaled=tuple(k.get("scaled", ()))))
+    return out
+
+
+def kernels_for_model(model: nn.Module, input_shape: Sequence[int]) -> list[Kernel]:
+    """Kernels of a concrete (possibly already pruned) model, with masked weights' density read off the weights.
+
+    A masked-but-dense-shaped layer keeps its full shape; its density is recorded so a runtime with a
+    sparse kernel can profit and one without (onnxruntime here) is seen to gain nothing.
+    """
+    kernels = trace_kernels(model, input_shape)
+    modules = dict(model.named_modules())
+    out = []
+    for k in kernels:
+        if k.layer and k.type in ("conv", "linear"):
+            w = modules[k.layer].weight
+            density = float((w != 0).sum()) / max(1, w.numel())
+            i = 8 if k.type == "conv" else 4
+            p = list(k.params)
+            p[i] = round(density, 4)
+            k = replace(k, params=tuple(p))
+        out.append(k)
+    return out
+
+
+# ------------------------------------------------------------------------------ compressed models
+@dataclass
+class Skeleton:
+    """A dense model's kernels plus the dense output channels of each prunable layer (for scaling)."""
+
+    kernels: list[Kernel]
+    dense_out: dict[str, int] = field(default_factory=dict)
+
+
+def skeleton(model: nn.Module, input_shape: Sequence[int]) -> Skeleton:
+    kernels = trace_kernels(model, input_shape)
+    modules = dict(model.named_modules())
+    dense_out = {}
+    for name, m in modules.items():
+        if isinstance(m, nn.Conv2d):
+            dense_out[name] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            dense_out[name] = m.out_features
+    return Skeleton(kernels, dense_out)
+
+
+def _bits(b: int | None) -> float:
+    return 32.0 if b is None else float(b)
+
+
+def compressed_kernels(skel: Skeleton, layers: Sequence[Any]) -> list[Kernel]:
+    """The kernels of a compressed model from its dense skeleton and the post-policy layers.
+
+    `layers` are `search_spaces.CompressedLayer`s (anything with their attribute names works): conv and
+    linear kernels take their shapes, density, scheme and bits from them; the other kernels scale with
+    their owner layer's kept-channel ratio.
+    """
+    by_name = {cl.name: cl for cl in layers}
+    ratio = {name: by_name[name].out_channels / d for name, d in skel.dense_out.items() if name in by_name and d}
+    out = []
+    for k in skel.kernels:
+        cl = by_name.get(k.layer) if k.layer else None
+        p = list(k.params)
+        if cl is not None and k.type in ("conv", "dwconv", "linear"):
+            scheme = SCHEME_CODES.get(getattr(cl, "scheme", "dense"), 0)
+            density = float(getattr(cl, "density", 1.0))
+            wb, ab = _bits(getattr(cl, "weight_bits", None)), _bits(getattr(cl, "act_bits", None))
+            if k.type == "conv":
+                groups = max(1, int(getattr(cl, "groups", 1)))
+                p[0], p[1] = cl.in_channels / groups, cl.out_channels
+                p[8], p[9], p[10], p[11] = density, scheme, wb, ab
+            elif k.type == "dwconv":
+                p[0] = cl.out_channels
+            else:
+                p[1], p[2] = cl.in_channels, cl.out_channels
+                p[4], p[5], p[6], p[7] = density, scheme, wb, ab
+        elif k.owner in ratio and k.scaled:
+            r = ratio[k.owner]
+            for i in k.scaled:
+                p[i] = max(1.0, round(p[i] * r))
+        out.append(replace(k, params=tuple(p)))
+    return out
+
+
+def total_macs(kernels: Sequence[Kernel]) -> float:
+    """MACs per sample of conv/linear/matmul kernels (for reports; the predictor does not rely on it)."""
+    t = 0.0
+    for k in kernels:
+        p = k.params
+        if k.type == "conv":
+            t += p[0] * p[1] * p[2] ** 2 * math.ceil(p[4] / p[3]) * math.ceil(p[5] / p[3])
+        elif k.type == "linear":
+            t += p[0] * p[1] * p[2]
+        elif k.type == "matmul":
+            t += p[0] * p[1] * p[2] * p[3]
+    return t

@@ -1,0 +1,130 @@
+"""Honest measurement: a separate process, fixed threads, warm-up, many repetitions, median and IQR.
+
+`measure_latency` times one model; `compare` times several in the same process, interleaved, so they
+see the same machine state (the machine is shared: a figure taken alone in a noisy minute would be
+compared with one taken in a quiet minute otherwise). `device="http://host:port"` sends the model to
+a device agent (`automl device-agent`) instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from latency_models.estimate import LatencyEstimate, device_name, summarize
+from latency_models.runtimes.base import RuntimeError_, get_runtime, runtime_target
+
+DEFAULT_WARMUP = 20
+DEFAULT_REPEATS = 100
+WORKER_TIMEOUT_S = 600
+
+
+class MeasurementError(RuntimeError):
+    """A model could not be timed; the message says where (export, the timing process, the agent)."""
+
+
+def _example(input_shape: Sequence[int], batch: int):
+    import torch
+
+    return torch.randn(batch, *input_shape)
+
+
+def run_worker(runtime: str, artifacts: list[bytes], shapes: list[Sequence[int]], *, threads: int = 1,
+               warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS, rounds: int = 5,
+               timeout_s: float = WORKER_TIMEOUT_S) -> list[dict[str, Any]]:
+    """Time artifacts in one fresh process; returns per-item {"times_ms": [...]} or {"error": ...}."""
+    target = runtime_target(runtime)
+    with tempfile.TemporaryDirectory(prefix="automl-latency-") as tmp:
+        items = []
+        for i, (art, shape) in enumerate(zip(artifacts, shapes, strict=True)):
+            path = Path(tmp) / f"item{i}.bin"
+            path.write_bytes(art)
+            items.append({"artifact": str(path), "shape": list(shape)})
+        job = {"runtime_target": target, "threads": threads, "warmup": warmup, "repeats": repeats,
+               "rounds": rounds, "items": items}
+        job_path = Path(tmp) / "job.json"
+        job_path.write_text(json.dumps(job))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            proc = subprocess.run([sys.executable, "-m", "latency_models._worker", str(job_path)],
+                                  capture_output=True, text=True, env=env, timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise MeasurementError(f"the timing process ran past {timeout_s:.0f} s; use fewer repeats") from exc
+        if proc.returncode != 0:
+            tail = (proc.stderr or "").strip().splitlines()[-3:]
+            raise MeasurementError(f"the timing process failed (exit {proc.returncode}): {' | '.join(tail)}")
+        return json.loads(proc.stdout)["results"]
+
+
+def run_inprocess(runtime: str, artifacts: list[bytes], shapes: list[Sequence[int]], *, threads: int = 1,
+                  warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS,
+                  rounds: int = 5) -> list[dict[str, Any]]:
+    """The same timing loop without a subprocess (isolate=False; the device agent uses it)."""
+    from latency_models import _worker
+
+    with tempfile.TemporaryDirectory(prefix="automl-latency-") as tmp:
+        items = []
+        for i, (art, shape) in enumerate(zip(artifacts, shapes, strict=True)):
+            path = Path(tmp) / f"item{i}.bin"
+            path.write_bytes(art)
+            items.append({"artifact": str(path), "shape": list(shape)})
+        return _worker.run_job({"runtime_target": runtime_target(runtime), "threads": threads, "warmup": warmup,
+                                "repeats": repeats, "rounds": rounds, "items": items})
+
+
+def to_estimate(result: dict[str, Any], *, device: str, runtime: str, batch: int, threads: int,
+                precision: str) -> LatencyEstimate:
+    if "error" in result:
+        raise MeasurementError(f"{runtime} could not run the model: {result['error']}")
+    s = summarize(result["times_ms"])
+    return LatencyEstimate(ms=s["median"], std_ms=s["std"], source="measured", device=device, runtime=runtime,
+                           batch=batch, threads=threads, precision=precision, p25_ms=s["p25"], p75_ms=s["p75"],
+                           repeats=int(s["n"]))
+
+
+def compare(models: Sequence[Any], input_shape: Sequence[int], *, runtime: str = "onnxruntime", batch: int = 1,
+            threads: int = 1, precision: str = "fp32", warmup: int = DEFAULT_WARMUP,
+            repeats: int = DEFAULT_REPEATS, isolate: bool = True, device: str | None = None,
+            timeout_s: float = 60.0) -> list[LatencyEstimate]:
+    """Time several models interleaved (round-robin in one process): fair comparisons on a busy machine."""
+    rt = get_runtime(runtime)
+    rt.check_precision(precision)
+    example = _example(input_shape, batch)
+    try:
+        artifacts = [rt.export(m, example, precision) for m in models]
+    except RuntimeError_:
+        raise
+    except Exception as exc:
+        raise MeasurementError(f"exporting the model for {rt.name} failed: {exc}") from exc
+    shapes = [tuple(example.shape)] * len(artifacts)
+    if device:
+        from latency_models.agent import AgentClient
+
+        client = AgentClient(device, timeout_s=timeout_s)
+        return [client.measure(a, shapes[0], runtime=rt.name, batch=batch, threads=threads, precision=precision,
+                               warmup=warmup, repeats=repeats) for a in artifacts]
+    runner = run_worker if isolate else run_inprocess
+    results = runner(rt.name, artifacts, shapes, threads=threads, warmup=warmup, repeats=repeats)
+    return [to_estimate(r, device=device_name(), runtime=rt.name, batch=batch, threads=threads,
+                        precision=precision) for r in results]
+
+
+def measure_latency(model: Any, input_shape: Sequence[int], *, runtime: str = "onnxruntime", batch: int = 1,
+                    threads: int = 1, precision: str = "fp32", warmup: int = DEFAULT_WARMUP,
+                    repeats: int = DEFAULT_REPEATS, isolate: bool = True, device: str | None = None,
+                    timeout_s: float = 60.0) -> LatencyEstimate:
+    """Median latency of `model` on one input of `batch` x `input_shape` (per-sample shape, e.g. (1, 28, 28)).
+
+    isolate=True times in a fresh process with `threads` pinned; device="http://host:port" times on a
+    device agent (timeout_s bounds every HTTP call, so an unreachable agent fails fast).
+    """
+    return compare([model], input_shape, runtime=runtime, batch=batch, threads=threads, precision=precision,
+                   warmup=warmup, repeats=repeats, isolate=isolate, device=device, timeout_s=timeout_s)[0]

@@ -1,0 +1,162 @@
+"""Latency predictors. `KernelPredictor` is nn-Meter's: one regressor per kernel type, summed over a model.
+
+Each regressor is a gradient-boosted tree ensemble on log-latency, so errors are relative and nothing
+assumes latency is linear or monotone in MACs. The features expose what the runtime's kernels care
+about: channel counts modulo 4/8/16, counts rounded up to 8/16 (the SIMD and blocked-layout widths),
+whether both channel counts are multiples of 8 (onnxruntime's NCHWc path on AVX2), MACs padded to
+those widths, density and bits. Uncertainty: each type's cross-validated relative error, applied per
+kernel and combined over the model.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from latency_models.kernels import Kernel
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured kernel: its configuration and its latency in ms (runtime overhead subtracted)."""
+
+    kernel: Kernel
+    ms: float
+
+    def to_list(self) -> list[Any]:
+        return [self.kernel.type, list(self.kernel.params), self.ms]
+
+    @classmethod
+    def from_list(cls, row: Sequence[Any]) -> Sample:
+        return cls(Kernel(row[0], tuple(float(v) for v in row[1])), float(row[2]))
+
+
+class LatencyPredictor(ABC):
+    """Predicts latency from kernels. `fit` on measured samples; `predict_kernels` -> (ms, std_ms) per kernel."""
+
+    @abstractmethod
+    def fit(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        """Fit; returns the fit report (per kernel type: samples, cross-validated error)."""
+
+    @abstractmethod
+    def predict_kernels(self, kernels: Sequence[Kernel]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-kernel latency (ms) and its uncertainty (ms)."""
+
+    def predict_layers(self, kernels: Sequence[Kernel]) -> tuple[float, float]:
+        """Sum over a model's kernels; the std assumes independent per-kernel errors plus a shared 3% term."""
+        ms, std = self.predict_kernels(kernels)
+        total = float(ms.sum())
+        return total, float(math.sqrt(float((std**2).sum()) + (0.03 * total) ** 2))
+
+
+def _align_feats(c: float) -> list[float]:
+    return [c, c % 4, c % 8, c % 16, math.ceil(c / 8) * 8, math.ceil(c / 16) * 16, float(c % 8 == 0)]
+
+
+def features(k: Kernel) -> list[float]:
+    """Regression features of one kernel (type-specific; same length within a type)."""
+    p = k.params
+    if k.type == "conv":
+        cin, cout, ks, s, h, w, bn, act, dens, scheme, wb, ab = p
+        ho, wo = math.ceil(h / s), math.ceil(w / s)
+        macs = cin * cout * ks * ks * ho * wo
+        pad8 = math.ceil(cin / 8) * 8 * math.ceil(cout / 8) * 8 * ks * ks * ho * wo
+        both8 = float(cin % 8 == 0 and cout % 8 == 0)
+        return [*_align_feats(cin), *_align_feats(cout), ks, s, h, ho * wo, bn, act, dens, scheme, wb, ab,
+                math.log(macs + 1), math.log(pad8 + 1), both8, math.log(cin * h * w + 1), math.log(cout * ho * wo + 1)]
+    if k.type == "dwconv":
+        c, ks, s, h, w, act = p
+        ho, wo = math.ceil(h / s), math.ceil(w / s)
+        return [*_align_feats(c), ks, s, h, ho * wo, act, math.log(c * ks * ks * ho * wo + 1), math.log(c * h * w + 1)]
+    if k.type == "linear":
+        tokens, fin, fout, act, dens, scheme, wb, ab = p
+        return [tokens, *_align_feats(fin), *_align_feats(fout), act, dens, scheme, wb, ab,
+                math.log(tokens * fin * fout + 1), math.log(tokens * (fin + fout) + 1)]
+    if k.type == "matmul":
+        b, m, kk, n = p
+        return [b, m, *_align_feats(kk), *_align_feats(n), math.log(b * m * kk * n + 1)]
+    if k.type == "eltwise":
+        return [math.log(p[0] + 1), p[1], p[2], p[0] % 8]
+    if k.type == "pool":
+        return [math.log(p[0] + 1), math.log(p[1] + 1), p[0] / max(1.0, p[1])]
+    if k.type == "norm":
+        return [math.log(p[0] + 1), *_align_feats(p[1])]
+    return [math.log(p[0] + 1), p[0] % 8]
+
+
+class KernelPredictor(LatencyPredictor):
+    """One gradient-boosted regressor per kernel type on log(ms); memoizes per-kernel predictions."""
+
+    def __init__(self, n_estimators: int = 300, max_depth: int = 4, learning_rate: float = 0.05, seed: int = 0):
+        self.params = {"n_estimators": n_estimators, "max_depth": max_depth, "learning_rate": learning_rate,
+                       "subsample": 0.8, "min_samples_leaf": 2, "random_state": seed}
+        self.models: dict[str, Any] = {}
+        self.rel_err: dict[str, float] = {}
+        self._memo: dict[tuple, tuple[float, float]] = {}
+
+    def fit(self, samples: Sequence[Sample], cv: bool = True) -> dict[str, Any]:
+        from sklearn.ensemble import GradientBoostingRegressor
+        from sklearn.model_selection import KFold, cross_val_predict
+
+        by_type: dict[str, list[Sample]] = {}
+        for s in samples:
+            if s.ms > 0:
+                by_type.setdefault(s.kernel.type, []).append(s)
+        report: dict[str, Any] = {}
+        self.models, self.rel_err, self._memo = {}, {}, {}
+        for t, rows in sorted(by_type.items()):
+            X = np.array([features(s.kernel) for s in rows])
+            y = np.log(np.array([s.ms for s in rows]))
+            if len(rows) < 6:  # too few to learn a shape: a constant, honestly uncertain
+                self.models[t] = float(np.median(y))
+                self.rel_err[t] = 0.5
+                report[t] = {"samples": len(rows), "cv_within_10pct": None, "cv_rel_rmse": 0.5}
+                continue
+            model = GradientBoostingRegressor(**self.params)
+            if cv and len(rows) >= 20:
+                pred = cross_val_predict(model, X, y, cv=KFold(5, shuffle=True, random_state=0))
+                rel = np.exp(pred - y) - 1.0
+                rmse = float(np.sqrt(np.mean(rel**2)))
+                within = float(np.mean(np.abs(rel) <= 0.10))
+            else:
+                rmse, within = 0.25, None
+            model.fit(X, y)
+            self.models[t], self.rel_err[t] = model, rmse
+            report[t] = {"samples": len(rows), "cv_within_10pct": within, "cv_rel_rmse": rmse}
+        return report
+
+    def predict_kernels(self, kernels: Sequence[Kernel]) -> tuple[np.ndarray, np.ndarray]:
+        ms = np.zeros(len(kernels))
+        std = np.zeros(len(kernels))
+        todo: dict[str, list[int]] = {}
+        keys = []
+        for i, k in enumerate(kernels):
+            key = (k.type, k.params)
+            keys.append(key)
+            hit = self._memo.get(key)
+            if hit is None:
+                todo.setdefault(k.type, []).append(i)
+            else:
+                ms[i], std[i] = hit
+        for t, idx in todo.items():
+            model = self.models.get(t)
+            if model is None:
+                raise KeyError(f"the profile has no samples of '{t}' kernels; rebuild it (automl latency profile)")
+            if isinstance(model, float):
+                pred = np.full(len(idx), model)
+            else:
+                pred = model.predict(np.array([features(kernels[i]) for i in idx]))
+            for i, v in zip(idx, pred, strict=True):
+                ms[i] = math.exp(float(v))
+                std[i] = ms[i] * self.rel_err[t]
+                if len(self._memo) < 200_000:
+                    self._memo[keys[i]] = (ms[i], std[i])
+        return ms, std
+
+    def kernel_types(self) -> Iterable[str]:
+        return self.models.keys()

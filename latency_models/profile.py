@@ -1,0 +1,392 @@
+"""Device profiles: a fitted kernel predictor bound to the machine, runtime and settings it was measured on.
+
+A profile is versioned JSON holding the *measured samples* (the honest data) plus what was learnt from
+them; loading refits the regressors (about a second), so no pickle crosses versions. It records the
+device fingerprint (cpu model, cores, SIMD flags, library versions) and refuses to load on another
+machine or library set unless forced: a profile measured on one machine must not pretend to hold on
+another. `get_or_build_profile` is the quickstart path: build a small one on first use, cache it under
+$AUTOML_HOME/profiles/<fingerprint>/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latency_models.estimate import LatencyEstimate, device_fingerprint, device_info
+from latency_models.kernels import Kernel, compressed_kernels, kernels_for_model, skeleton
+from latency_models.predictors import KernelPredictor, Sample
+
+PROFILE_FORMAT = "compress-search/latency-profile"
+PROFILE_VERSION = 1
+KERNEL_MIX = (("conv", 0.45), ("dwconv", 0.12), ("linear", 0.15), ("eltwise", 0.08), ("pool", 0.04),
+              ("norm", 0.04), ("softmax", 0.03), ("matmul", 0.05), ("transpose", 0.04))
+ProgressFn = Callable[[str], None]
+
+
+class ProfileError(ValueError):
+    """A profile is missing, malformed, of another version, or from another machine; the message says how to fix."""
+
+
+@dataclass
+class DeviceProfile:
+    """What one device + runtime + batch + threads + precision does with each kernel type."""
+
+    device: str
+    runtime: str
+    batch: int
+    threads: int
+    precision: str
+    versions: dict[str, str]
+    fingerprint: str
+    samples: list[Sample]
+    overhead_ms: float
+    fit_error: dict[str, Any] = field(default_factory=dict)
+    calibration: tuple[float, float] = (1.0, 0.0)  # measured ~ a * predicted + b, refitted from pairs
+    device_url: str | None = None
+    created: str = ""
+    predictor: KernelPredictor = field(default_factory=KernelPredictor, repr=False)
+    preferred_align: int = 1
+    align_gain: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.samples)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self) -> DeviceProfile:
+        self.fit_error = self.predictor.fit(self.samples)
+        if "conv" in self.fit_error:
+            self.preferred_align, self.align_gain = _preferred_align(self.predictor)
+        return self
+
+    def predict_kernels(self, kernels: Sequence[Kernel]) -> LatencyEstimate:
+        raw, std = self.predictor.predict_layers(kernels)
+        a, b = self.calibration
+        ms = a * (raw + self.overhead_ms) + b
+        return LatencyEstimate(ms=ms, std_ms=abs(a) * std, source="predicted", device=self.device,
+                               runtime=self.runtime, batch=self.batch, threads=self.threads,
+                               precision=self.precision)
+
+    def raw_ms(self, kernels: Sequence[Kernel]) -> float:
+        """The uncalibrated sum (what refit regresses measured latency on)."""
+        return self.predictor.predict_layers(kernels)[0] + self.overhead_ms
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PROFILE_FORMAT, "schema_version": PROFILE_VERSION, "device": self.device,
+                "fingerprint": self.fingerprint, "device_url": self.device_url, "runtime": self.runtime,
+                "batch": self.batch, "threads": self.threads, "precision": self.precision,
+                "versions": self.versions, "created": self.created, "n_samples": self.n_samples,
+                "overhead_ms": self.overhead_ms, "calibration": list(self.calibration),
+                "preferred_align": self.preferred_align, "align_gain": self.align_gain,
+                "fit_error": self.fit_error, "samples": [s.to_list() for s in self.samples]}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict()))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, force: bool = False, source: str = "profile") -> DeviceProfile:
+        if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+            raise ProfileError(f"{source} is not a latency profile (build one with 'automl latency profile')")
+        if data.get("schema_version") != PROFILE_VERSION:
+            raise ProfileError(f"{source} has profile version {data.get('schema_version')!r}; this release reads "
+                               f"{PROFILE_VERSION}: rebuild it with 'automl latency profile'")
+        if not data.get("device_url"):  # a local profile: it must have been measured on this machine
+            here = device_info()
+            if data.get("fingerprint") != device_fingerprint(here) and not force:
+                theirs = data.get("versions", {})
+                diff = [f"{k} {theirs.get(k)} vs {v} here" for k, v in here["versions"].items() if theirs.get(k) != v]
+                why = (f"it was measured on '{data.get('device')}', this is '{here['device']}'"
+                       if data.get("device") != here["device"] else
+                       "library versions differ: " + ", ".join(diff) if diff else "the device fingerprint differs")
+                raise ProfileError(f"{source} does not hold on this machine ({why}). Build a profile here with "
+                                   "'automl latency profile', or pass force=True / --force to use it anyway")
+        profile = cls(device=data["device"], runtime=data["runtime"], batch=int(data["batch"]),
+                      threads=int(data["threads"]), precision=data["precision"], versions=data.get("versions", {}),
+                      fingerprint=data.get("fingerprint", ""), samples=[Sample.from_list(r) for r in data["samples"]],
+                      overhead_ms=float(data["overhead_ms"]), calibration=tuple(data.get("calibration", (1.0, 0.0))),
+                      device_url=data.get("device_url"), created=data.get("created", ""))
+        profile.fit()
+        return profile
+
+    @classmethod
+    def load(cls, path: str | Path, *, force: bool = False) -> DeviceProfile:
+        path = Path(path)
+        if not path.is_file():
+            raise ProfileError(f"profile '{path}' does not exist; build one with 'automl latency profile --out {path}'")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"profile '{path}' is not valid JSON: {exc}") from exc
+        return cls.from_dict(data, force=force, source=f"profile '{path}'")
+
+    def summary(self) -> dict[str, Any]:
+        return {"device": self.device, "runtime": self.runtime, "batch": self.batch, "threads": self.threads,
+                "precision": self.precision, "n_samples": self.n_samples, "overhead_ms": round(self.overhead_ms, 4),
+                "preferred_align": self.preferred_align, "calibration": list(self.calibration),
+                "fit_error": {t: {"samples": r["samples"], "cv_within_10pct": r["cv_within_10pct"]}
+                              for t, r in self.fit_error.items()}}
+
+
+def _preferred_align(pred: KernelPredictor) -> tuple[int, dict[str, float]]:
+    """Which multiple to round kept channels *up* to: the mean predicted time ratio ceil_a(c) vs c."""
+    gains: dict[str, float] = {}
+    cs = [c for c in range(9, 129) if c % 16]
+    for a in (1, 2, 4, 8, 16):
+        ratios = []
+        for hw in (7, 14, 28):
+            exact = [Kernel("conv", (c, c, 3, 1, hw, hw, 1, 1, 1, 0, 32, 32)) for c in cs]
+            up = [Kernel("conv", (math.ceil(c / a) * a,) * 2 + (3, 1, hw, hw, 1, 1, 1, 0, 32, 32)) for c in cs]
+            e, _ = pred.predict_kernels(exact)
+            u, _ = pred.predict_kernels(up)
+            ratios.extend(u / e)
+        gains[str(a)] = round(float(sum(ratios) / len(ratios)), 4)
+    best = min(gains, key=lambda k: (round(gains[k], 2), int(k)))
+    return int(best), gains
+
+
+# ------------------------------------------------------------------------------ building
+def _key(runtime: str, batch: int, threads: int, precision: str, fingerprint: str) -> dict[str, Any]:
+    return {"runtime": runtime, "batch": batch, "threads": threads, "precision": precision,
+            "fingerprint": fingerprint}
+
+
+def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, threads: int, precision: str,
+                    device: str | None = None, seed: int = 0, repeats: int = 25) -> tuple[list[Sample], float]:
+    """Measure kernels in isolation (one timing process, interleaved) minus the runtime's per-call overhead."""
+    from latency_models.measure import run_worker
+    from latency_models.runtimes.base import get_runtime
+    from latency_models.sampling import baseline_module, measured_params, sample_module
+
+    rt = get_runtime(runtime)
+    rng = random.Random(seed)
+    import torch
+
+    torch.manual_seed(seed)
+    mods = [baseline_module(batch)] + [sample_module(k, batch, rng) for k in kernels]
+    artifacts, shapes = [], []
+    for module, shape in mods:
+        artifacts.append(rt.export_kernel(module.eval(), torch.randn(*shape), precision))
+        shapes.append(shape)
+    if device:
+        from latency_models.agent import AgentClient
+
+        results = AgentClient(device).measure_many(artifacts, shapes, runtime=rt.name, threads=threads,
+                                                   precision=precision, warmup=5, repeats=repeats)
+        medians = [r.get("median") for r in results]
+    else:
+        results = run_worker(rt.name, artifacts, shapes, threads=threads, warmup=5, repeats=repeats, rounds=3)
+        medians = [_median(r["times_ms"]) if "times_ms" in r else None for r in results]
+    if medians[0] is None:
+        raise RuntimeError(f"the baseline model failed on {rt.name}: {results[0].get('error')}")
+    base = medians[0]
+    out = []
+    for (module, shape), k, m in zip(mods[1:], kernels, medians[1:], strict=True):
+        if m is not None:
+            out.append(Sample(measured_params(k, module, shape), max(1e-4, m - base)))
+    return out, base
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: int = 1, threads: int = 1,
+                  precision: str = "fp32", device: str | None = None, samples_path: str | Path | None = None,
+                  progress: ProgressFn | None = None, seed: int = 0, chunk: int = 24,
+                  max_samples: int | None = None) -> DeviceProfile:
+    """Sample kernel configurations, measure them within a time budget, fit, return the profile.
+
+    Resumable: every measured chunk is appended to `samples_path` (JSON lines) and reused by the next
+    call with the same device/runtime/settings, so an interrupted or repeated build only adds samples.
+    """
+    from latency_models.sampling import random_kernel, zoo_prior
+
+    if device:
+        from latency_models.agent import AgentClient
+
+        info = AgentClient(device).info()
+        fingerprint = info["fingerprint"]
+    else:
+        info = device_info()
+        fingerprint = device_fingerprint(info)
+    key = _key(runtime, batch, threads, precision, fingerprint)
+    samples: list[Sample] = []
+    baselines: list[float] = []
+    side = Path(samples_path) if samples_path else None
+    if side and side.is_file():
+        for line in side.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interrupt
+            if row.get("key") == key:
+                samples.extend(Sample.from_list(r) for r in row["samples"])
+                baselines.append(row["baseline_ms"])
+        if samples and progress:
+            progress(f"profile: reusing {len(samples)} measured samples from {side}")
+    rng = random.Random(seed * 7919 + len(samples))
+    prior = zoo_prior()
+    types, weights = zip(*KERNEL_MIX, strict=True)
+    deadline = time.monotonic() + minutes * 60.0
+    while time.monotonic() < deadline and (max_samples is None or len(samples) < max_samples):
+        ks = [random_kernel(rng, prior, [rng.choices(types, weights)[0]]) for _ in range(chunk)]
+        got, base = measure_kernels(ks, runtime=runtime, batch=batch, threads=threads, precision=precision,
+                                    device=device, seed=rng.randrange(1 << 30))
+        samples.extend(got)
+        baselines.append(base)
+        if side:
+            side.parent.mkdir(parents=True, exist_ok=True)
+            with side.open("a") as f:
+                f.write(json.dumps({"key": key, "baseline_ms": base, "samples": [s.to_list() for s in got]}) + "\n")
+        if progress:
+            left = max(0.0, deadline - time.monotonic())
+            progress(f"profile: {len(samples)} kernel samples measured on {runtime} (batch {batch}, "
+                     f"{threads} thread(s)); {left:.0f} s left")
+    if not samples:
+        raise ProfileError("no kernel was measured: give the profiler more time (--minutes)")
+    if progress:
+        progress(f"profile: fitting {len(samples)} samples")
+    profile = DeviceProfile(device=info["device"], runtime=runtime, batch=batch, threads=threads,
+                            precision=precision, versions=info["versions"], fingerprint=fingerprint,
+                            samples=samples, overhead_ms=_median(baselines), device_url=device,
+                            created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return profile.fit()
+
+
+def default_profile_path(runtime: str, batch: int, threads: int, precision: str,
+                         cache_dir: str | Path | None = None, fingerprint: str | None = None) -> Path:
+    from automl.training import default_home
+
+    root = Path(cache_dir) if cache_dir else default_home() / "profiles"
+    return root / (fingerprint or device_fingerprint()) / f"{runtime}-b{batch}-t{threads}-{precision}.json"
+
+
+def get_or_build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: int = 1, threads: int = 1,
+                         precision: str = "fp32", cache_dir: str | Path | None = None,
+                         progress: ProgressFn | None = None, device: str | None = None) -> DeviceProfile:
+    """The cached profile for this machine (or agent) and settings; built in about `minutes` on first use."""
+    fingerprint = None
+    if device:
+        from latency_models.agent import AgentClient
+
+        fingerprint = AgentClient(device).info()["fingerprint"]
+    path = default_profile_path(runtime, batch, threads, precision, cache_dir, fingerprint)
+    if path.is_file():
+        try:
+            return DeviceProfile.load(path)
+        except ProfileError as exc:
+            if progress:
+                progress(f"profile: cached {path} unusable ({exc}); rebuilding")
+    profile = build_profile(runtime, minutes=minutes, batch=batch, threads=threads, precision=precision,
+                            device=device, samples_path=path.with_suffix(".samples.jsonl"), progress=progress)
+    profile.save(path)
+    if progress:
+        progress(f"profile: saved {path}")
+    return profile
+
+
+# ------------------------------------------------------------------------------ predicting
+_SKELETONS: dict[tuple, Any] = {}
+
+
+def _skeleton_for(space: Any):
+    layers = getattr(space, "layers", [])
+    num_classes = 10
+    if layers and getattr(layers[-1].layer, "kind", "") == "linear":
+        num_classes = layers[-1].layer.out_channels
+    shape = tuple(space.input_shape)
+    key = (space.model_name, shape, num_classes)
+    if key not in _SKELETONS:
+        from automl.models import build_model
+
+        model = build_model(space.model_name, shape[0], num_classes, shape[1])
+        _SKELETONS[key] = skeleton(model, shape)
+    return _SKELETONS[key]
+
+
+def policy_kernels(space: Any, policy: Any) -> list[Kernel]:
+    """Kernels of `policy` applied to `space`'s model, from the cached dense trace (no re-tracing)."""
+    return compressed_kernels(_skeleton_for(space), space.compressed_layers(policy))
+
+
+def predict_policy(profile: DeviceProfile, space: Any, policy: Any) -> LatencyEstimate:
+    """Predicted latency of `policy` on `space`'s model: sum of kernel predictions + the runtime's overhead."""
+    return profile.predict_kernels(policy_kernels(space, policy))
+
+
+def predict_model(profile: DeviceProfile, model: Any, input_shape: Sequence[int]) -> LatencyEstimate:
+    """Predicted latency of a concrete (possibly pruned) torch model; traces it once (~10 ms)."""
+    return profile.predict_kernels(kernels_for_model(model, input_shape))
+
+
+# ------------------------------------------------------------------------------ deploy-verified pairs
+class PairStore:
+    """Predicted-vs-measured pairs (JSON lines): the evidence a profile is refitted from."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def add(self, predicted: LatencyEstimate, measured: LatencyEstimate, *, raw_predicted_ms: float | None = None,
+            model: str = "", policy: dict[str, Any] | None = None) -> None:
+        if predicted.source != "predicted" or measured.source != "measured":
+            raise ValueError("a pair is one predicted and one measured estimate")
+        row = {"model": model, "predicted": predicted.to_dict(), "measured": measured.to_dict(),
+               "raw_predicted_ms": raw_predicted_ms if raw_predicted_ms is not None else predicted.ms,
+               "policy": policy, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+
+def refit_from_pairs(profile: DeviceProfile, pairs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Fit measured ~ a * raw_predicted + b on pairs that match the profile's runtime/batch/threads/precision."""
+    xs, ys = [], []
+    for p in pairs:
+        m = p["measured"]
+        if (m["runtime"], m["batch"], m["threads"], m["precision"]) != (profile.runtime, profile.batch,
+                                                                         profile.threads, profile.precision):
+            continue
+        xs.append(float(p["raw_predicted_ms"]))
+        ys.append(float(m["ms"]))
+    if not xs:
+        raise ProfileError("no pair matches the profile's runtime, batch, threads and precision")
+    before = [abs(profile.calibration[0] * x + profile.calibration[1] - y) / y for x, y in zip(xs, ys, strict=True)]
+    if len(xs) >= 3 and max(xs) > min(xs) * 1.05:
+        n = len(xs)
+        mx, my = sum(xs) / n, sum(ys) / n
+        a = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+        b = my - a * mx
+    else:
+        a, b = _median([y / x for x, y in zip(xs, ys, strict=True)]), 0.0
+    profile.calibration = (float(a), float(b))
+    after = [abs(a * x + b - y) / y for x, y in zip(xs, ys, strict=True)]
+    return {"pairs": len(xs), "calibration": [a, b],
+            "within_10pct_before": sum(e <= 0.1 for e in before) / len(xs),
+            "within_10pct_after": sum(e <= 0.1 for e in after) / len(xs)}

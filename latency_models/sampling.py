@@ -1,0 +1,279 @@
+"""Kernel samples: small modules that run exactly one kernel, and the configurations the profiler measures.
+
+Configurations are drawn two ways, as nn-Meter does: half around the kernels of the zoo models (with
+their channel counts cut by a random fraction and rounded to a random multiple 1/2/4/8/16, so counts
+land both on and off the multiples of 8), half uniformly over a wide range. Some conv/linear samples
+carry masked (zeroed) weights at the dense shape: where a runtime has no sparse kernel, they time like
+dense ones, and the predictor learns exactly that.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from latency_models.kernels import Kernel, trace_kernels
+
+HW_CHOICES = (2, 4, 7, 8, 14, 16, 28, 32)
+ALIGNS = (1, 1, 1, 2, 4, 8, 8, 16)
+MAX_MACS = 40e6
+
+
+class _Conv(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, stride: int, bn: bool, act: bool, density: float):
+        super().__init__()
+        pad = 0 if (k == stride and k > 1 and k % 2 == 0) else k // 2
+        self.conv = nn.Conv2d(cin, cout, k, stride, pad, bias=not bn)
+        self.bn = nn.BatchNorm2d(cout) if bn else nn.Identity()
+        self.act = nn.ReLU() if act else nn.Identity()
+        _mask(self.conv.weight, density)
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class _DW(nn.Module):
+    def __init__(self, c: int, k: int, stride: int, act: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, k, stride, k // 2, groups=c, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.act = nn.ReLU6() if act else nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class _Linear(nn.Module):
+    def __init__(self, fin: int, fout: int, act: bool, density: float):
+        super().__init__()
+        self.fc = nn.Linear(fin, fout)
+        self.act = nn.GELU() if act else nn.Identity()
+        _mask(self.fc.weight, density)
+
+    def forward(self, x):
+        return self.act(self.fc(x))
+
+
+class _Eltwise(nn.Module):
+    def __init__(self, numel: int, n_inputs: int, act: bool):
+        super().__init__()
+        self.register_buffer("c", torch.randn(1, numel))
+        self.n, self.act = n_inputs, act
+
+    def forward(self, x):
+        y = x + self.c if self.n >= 2 else x * 0.5
+        return torch.relu(y) if self.act else y
+
+
+class _Pool(nn.Module):
+    def __init__(self, global_pool: bool):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.MaxPool2d(2, ceil_mode=True)
+
+    def forward(self, x):
+        return self.pool(x)
+
+
+class _Norm(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        return self.norm(x)
+
+
+class _Softmax(nn.Module):
+    def forward(self, x):
+        return x.softmax(dim=-1)
+
+
+class _Matmul(nn.Module):
+    def __init__(self, batch: int, k: int, n: int):
+        super().__init__()
+        self.register_buffer("b", torch.randn(1, batch, k, n))
+
+    def forward(self, x):
+        return x @ self.b
+
+
+class _Transpose(nn.Module):
+    def forward(self, x):
+        return x.transpose(1, 2)
+
+
+class _Baseline(nn.Module):
+    """The smallest model: what a runtime costs per call before any kernel (subtracted from every sample)."""
+
+    def forward(self, x):
+        return torch.relu(x)
+
+
+def _mask(w: torch.Tensor, density: float) -> None:
+    if density < 1.0:
+        with torch.no_grad():
+            w.mul_((torch.rand_like(w) < density).float())
+
+
+def sample_module(k: Kernel, batch: int, rng: random.Random) -> tuple[nn.Module, tuple[int, ...]]:
+    """A module that runs kernel `k` alone, with its input shape (batch first)."""
+    p = [int(v) if float(v).is_integer() else v for v in k.params]
+    if k.type == "conv":
+        cin, cout, ks, stride, h, w, bn, act, density = p[:9]
+        return _Conv(cin, cout, ks, stride, bool(bn), bool(act), float(density)), (batch, cin, h, w)
+    if k.type == "dwconv":
+        c, ks, stride, h, w, act = p[:6]
+        return _DW(c, ks, stride, bool(act)), (batch, c, h, w)
+    if k.type == "linear":
+        tokens, fin, fout, act, density = p[:5]
+        shape = (batch, fin) if tokens == 1 else (batch, tokens, fin)
+        return _Linear(fin, fout, bool(act), float(density)), shape
+    if k.type == "eltwise":
+        numel, n_in, act = p[:3]
+        return _Eltwise(numel, n_in, bool(act)), (batch, numel)
+    if k.type == "pool":
+        numel_in, numel_out = p[:2]
+        if numel_out * 4 > numel_in:  # global pool: numel_out channels
+            hw = max(1, numel_in // numel_out)
+            side = int(round(math.sqrt(hw)))
+            return _Pool(True), (batch, numel_out, side, max(1, hw // side))
+        side = 14 if numel_in >= 196 else 4
+        c = max(1, round(numel_in / side**2))
+        return _Pool(False), (batch, c, side, side)
+    if k.type == "norm":
+        numel, dim = p[:2]
+        return _Norm(dim), (batch, max(1, numel // dim), dim)
+    if k.type == "softmax":
+        numel = p[0]
+        return _Softmax(), (batch, max(1, numel // 50), 50)
+    if k.type == "matmul":
+        b, m, kk, n = p[:4]
+        return _Matmul(b, kk, n), (batch, b, m, kk)
+    if k.type == "transpose":
+        numel = p[0]
+        a = 50 if numel % 50 == 0 else 1
+        return _Transpose(), (batch, a, numel // a)
+    raise ValueError(f"no sample module for kernel type '{k.type}'")
+
+
+def baseline_module(batch: int) -> tuple[nn.Module, tuple[int, ...]]:
+    return _Baseline(), (batch, 1)
+
+
+def measured_params(k: Kernel, module: nn.Module, shape: Sequence[int]) -> Kernel:
+    """The kernel as the sample module really runs it (pool/transposes approximate their sizes)."""
+    if k.type == "pool":
+        numel_in = int(math.prod(shape[1:]))
+        with torch.no_grad():
+            out = module(torch.zeros(1, *shape[1:]))
+        return Kernel("pool", (float(numel_in), float(out.numel())))
+    if k.type == "transpose":
+        return Kernel("transpose", (float(math.prod(shape[1:])),))
+    return k
+
+
+# ------------------------------------------------------------------------------ configurations
+@lru_cache(maxsize=4)
+def zoo_prior(input_shapes: tuple[tuple[int, int, int], ...] = ((1, 28, 28), (3, 32, 32))) -> tuple[Kernel, ...]:
+    """Kernels of every zoo model at typical input sizes: where real configurations live."""
+    from automl.models import ZOO, build_model
+
+    out: list[Kernel] = []
+    for shape in input_shapes:
+        for name in ZOO:
+            model = build_model(name, shape[0], 10, shape[1])
+            out.extend(trace_kernels(model, shape))
+    return tuple(out)
+
+
+def _cut(c: float, rng: random.Random) -> int:
+    frac = rng.choice((1.0, rng.uniform(0.05, 1.0), rng.uniform(0.3, 1.0)))
+    align = rng.choice(ALIGNS)
+    kept = max(1, int(round(c * frac)))
+    if align > 1:
+        kept = max(align, int(round(kept / align)) * align)
+    return kept
+
+
+def _bits_density(rng: random.Random) -> tuple[float, float]:
+    if rng.random() < 0.15:
+        return round(rng.uniform(0.1, 0.9), 3), float(rng.choice((1, 2)))
+    return 1.0, 0.0
+
+
+def random_kernel(rng: random.Random, prior: Sequence[Kernel], types: Sequence[str]) -> Kernel:
+    """One configuration: around a zoo kernel (cut + random alignment) or uniform, never over MAX_MACS."""
+    pool = [k for k in prior if k.type in types]
+    if not pool:
+        raise ValueError(f"no zoo kernel of types {list(types)} to sample around")
+    for _ in range(50):
+        base = rng.choice(pool)
+        p = list(base.params)
+        uniform = rng.random() < 0.4
+        if base.type == "conv":
+            if uniform:
+                p[0] = float(rng.choice((1, 3, rng.randint(1, 64), rng.randint(1, 512))))
+                p[1] = float(rng.choice((rng.randint(1, 64), rng.randint(1, 512), rng.randint(1, 1280))))
+                p[2] = float(rng.choice((1, 1, 3, 3, 3, 5)))
+                p[3] = float(rng.choice((1, 1, 2)))
+                p[4] = p[5] = float(rng.choice(HW_CHOICES))
+                p[6] = float(rng.random() < 0.9)
+                p[7] = float(rng.random() < 0.6)
+            else:
+                p[0] = float(p[0] if p[0] <= 3 else _cut(p[0], rng))
+                p[1] = float(_cut(p[1], rng))
+                p[7] = float(rng.random() < 0.6) if rng.random() < 0.3 else p[7]
+            p[8], p[9] = _bits_density(rng)
+            macs = p[0] * p[1] * p[2] ** 2 * (p[4] / p[3]) * (p[5] / p[3])
+        elif base.type == "dwconv":
+            p[0] = float(_cut(p[0], rng) if not uniform else rng.randint(1, 1024))
+            if uniform:
+                p[3] = p[4] = float(rng.choice(HW_CHOICES))
+                p[2] = float(rng.choice((1, 2)))
+            macs = p[0] * p[1] ** 2 * p[3] * p[4]
+        elif base.type == "linear":
+            if uniform:
+                p[0] = float(rng.choice((1, 1, 17, 50, 65)))
+                p[1], p[2] = float(rng.randint(1, 1536)), float(rng.randint(1, 1024))
+                p[3] = float(rng.random() < 0.4)
+            else:
+                p[1], p[2] = float(_cut(p[1], rng)), float(_cut(p[2], rng))
+            p[4], p[5] = _bits_density(rng)
+            macs = p[0] * p[1] * p[2]
+        elif base.type in ("eltwise", "softmax", "transpose", "norm"):
+            scale = rng.uniform(0.05, 1.5)
+            if base.type == "norm":
+                p[1] = float(_cut(p[1], rng))
+                p[0] = float(max(1, round(p[0] / base.params[1] * rng.uniform(0.5, 1.2))) * p[1])
+            else:
+                p[0] = float(max(1, int(p[0] * scale)))
+                if base.type == "transpose" and p[0] % 50:
+                    p[0] = float(max(50, round(p[0] / 50) * 50))
+            if base.type == "eltwise" and rng.random() < 0.3:
+                p[2] = float(1 - p[2])
+            macs = p[0]
+        elif base.type == "pool":
+            scale = rng.uniform(0.05, 1.2)
+            p[0] = float(max(4, int(p[0] * scale)))
+            p[1] = float(max(1, int(p[1] * scale)))
+            macs = p[0]
+        elif base.type == "matmul":
+            p[2] = float(_cut(p[2], rng))
+            p[3] = float(_cut(p[3], rng)) if p[3] < 60 and p[3] != p[1] else p[3]
+            macs = p[0] * p[1] * p[2] * p[3]
+        else:
+            continue
+        if macs <= MAX_MACS:
+            return Kernel(base.type, tuple(p))
+    raise RuntimeError(f"could not draw a kernel configuration of types {list(types)} under {MAX_MACS:.0f} MACs")
+
+
+def channel_sweep(channels: Sequence[int] = tuple(range(56, 73)), hw: int = 14, k: int = 3) -> list[Kernel]:
+    """c->c 3x3 convs across a multiple of 8: the step a predictor must reproduce (GUIDE §2)."""
+    return [Kernel("conv", (float(c), float(c), float(k), 1.0, float(hw), float(hw), 1.0, 1.0, 1.0, 0.0, 32.0, 32.0))
+            for c in channels]
