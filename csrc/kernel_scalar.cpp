@@ -22,7 +22,7 @@ void run_n(const KernelArgs& a, int64_t b0, int64_t b1, int64_t q0, int64_t q1) 
       const int64_t len = q1 - q < kTile ? q1 - q : kTile;
       float acc[N][kTile];
       for (int n = 0; n < N; ++n)
-        for (int p = 0; p < kTile; ++p) acc[n][p] = a.bias[b * N + n];
+        for (int p = 0; p < kTile; ++p) acc[n][p] = a.bias && n < rows ? a.bias[b * N + n] : 0.f;
       for (int64_t e = e0; e < e1; ++e) {
         const float* xp = a.x + a.offs[e] + q;
         const float* w = a.vals + e * N;

@@ -123,14 +123,25 @@ void check_packed(const at::Tensor& idx, const at::Tensor& vals, const at::Tenso
   TORCH_CHECK(vals.numel() == idx.numel() * n, "sparse_cpu: vals must hold n weights per idx entry");
 }
 
-at::Tensor padded_bias(const c10::optional<at::Tensor>& bias, int64_t cout, int64_t n) {
-  const int64_t pad = (cout + n - 1) / n * n;
-  at::Tensor b = at::zeros({pad}, at::kFloat);
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == cout, "sparse_cpu: bias has ", bias->numel(), " values, expected ", cout);
-    b.narrow(0, 0, cout).copy_(bias->to(at::kFloat).reshape({cout}));
-  }
-  return b;
+// The bias as a contiguous float tensor (undefined when there is none); read-only by the kernels.
+at::Tensor bias_tensor(const c10::optional<at::Tensor>& bias, int64_t cout) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  TORCH_CHECK(bias->numel() == cout, "sparse_cpu: bias has ", bias->numel(), " values, expected ", cout);
+  return bias->to(at::kFloat).contiguous();
+}
+
+const float* bias_ptr(const at::Tensor& b) { return b.defined() ? b.data_ptr<float>() : nullptr; }
+
+// Per-thread scratch that grows and is reused: allocating the padded input and the wide output afresh on
+// every call costs page faults (large blocks come from mmap) that rival the sparse work at high sparsity.
+struct Scratch {
+  std::vector<float> buf, tmp;
+  std::vector<int32_t> offs;
+};
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
 }
 
 // Split blocks x pixel tiles between torch's threads; chunks are whole register tiles.
@@ -167,7 +178,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& idx, const at::Tens
   TORCH_CHECK(hp >= kh && wp >= kw, "sparse_cpu.conv2d: input ", h, "x", w, " smaller than the kernel");
   const int64_t hout = (hp - kh) / stride + 1, wout = (wp - kw) / stride + 1;
   const int64_t nblocks = (cout + n - 1) / n, ne = idx.numel();
-  const at::Tensor bias_p = padded_bias(bias, cout, n);
+  const at::Tensor bias_c = bias_tensor(bias, cout);
   at::Tensor out = at::empty({batch, cout, hout, wout}, x.options());
   const int32_t* ip = idx.data_ptr<int32_t>();
   if (ne) {
@@ -175,8 +186,10 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& idx, const at::Tens
     TORCH_CHECK(max_idx < cin * kh * kw, "sparse_cpu.conv2d: packed weight refers to input channel ",
                 max_idx / (kh * kw), " but the input has ", cin, " channels");
   }
-  std::vector<int32_t> offs(ne);
-  KernelArgs a{nullptr, offs.data(), vals.data_ptr<float>(), ptr.data_ptr<int64_t>(), bias_p.data_ptr<float>(),
+  Scratch& sc = scratch();
+  std::vector<int32_t>& offs = sc.offs;
+  offs.resize(ne);
+  KernelArgs a{nullptr, offs.data(), vals.data_ptr<float>(), ptr.data_ptr<int64_t>(), bias_ptr(bias_c),
                nullptr, 0, cout, static_cast<int>(n), static_cast<int>(act)};
 
   if (kh == 1 && kw == 1 && stride == 1 && padding == 0) {
@@ -204,12 +217,15 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& idx, const at::Tens
     const int64_t c = ip[e] / (kh * kw), t = ip[e] % (kh * kw), i = t / kw, j = t % kw;
     offs[e] = static_cast<int32_t>((c * s * s + (i % s) * s + (j % s)) * plane + (i / s) * wq + (j / s));
   }
-  at::Tensor buf = at::zeros({buf_len}, x.options());
-  at::Tensor tmp = at::empty({cout, q_pad}, x.options());
-  float* bp = buf.data_ptr<float>();
+  const int64_t gathered = cin * s * s * plane;
+  if (static_cast<int64_t>(sc.buf.size()) < buf_len) sc.buf.resize(buf_len);
+  if (static_cast<int64_t>(sc.tmp.size()) < cout * q_pad) sc.tmp.resize(cout * q_pad);
+  float* bp = sc.buf.data();
+  std::memset(bp + gathered, 0, (buf_len - gathered) * sizeof(float));  // the tail read by garbage pixels
+  const int64_t grain = std::max<int64_t>(1, 16384 / (s * s * plane));
   for (int64_t bi = 0; bi < batch; ++bi) {
     const float* xb = x.data_ptr<float>() + bi * cin * h * w;
-    at::parallel_for(0, cin, 1, [&](int64_t c0, int64_t c1) {
+    at::parallel_for(0, cin, grain, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t pa = 0; pa < s; ++pa) {
           for (int64_t pb = 0; pb < s; ++pb) {
@@ -238,11 +254,11 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& idx, const at::Tens
       }
     });
     a.x = bp;
-    a.y = tmp.data_ptr<float>();
+    a.y = sc.tmp.data();
     a.y_stride = q_pad;
     run_parallel(a, nblocks, q_pad);
     float* ob = out.data_ptr<float>() + bi * cout * hout * wout;
-    const float* tp = tmp.data_ptr<float>();
+    const float* tp = sc.tmp.data();
     for (int64_t c = 0; c < cout; ++c)
       for (int64_t r = 0; r < hout; ++r)
         std::memcpy(ob + (c * hout + r) * wout, tp + c * q_pad + r * wq, wout * sizeof(float));
@@ -267,11 +283,12 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& idx, const at::Tens
   }
   const at::Tensor xt = input.reshape({m, cin}).t().contiguous();  // (cin, m)
   at::Tensor yt = at::empty({cout, m}, input.options());
-  const at::Tensor bias_p = padded_bias(bias, cout, n);
-  std::vector<int32_t> offs(ne);
+  const at::Tensor bias_c = bias_tensor(bias, cout);
+  std::vector<int32_t>& offs = scratch().offs;
+  offs.resize(ne);
   for (int64_t e = 0; e < ne; ++e) offs[e] = static_cast<int32_t>(ip[e] * m);
   KernelArgs a{xt.data_ptr<float>(), offs.data(), vals.data_ptr<float>(), ptr.data_ptr<int64_t>(),
-               bias_p.data_ptr<float>(), yt.data_ptr<float>(), m, cout, static_cast<int>(n), static_cast<int>(act)};
+               bias_ptr(bias_c), yt.data_ptr<float>(), m, cout, static_cast<int>(n), static_cast<int>(act)};
   if (m) run_parallel(a, (cout + n - 1) / n, m);
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   shape.back() = cout;

@@ -16,7 +16,7 @@ struct KernelArgs {
   const int32_t* offs;   // per entry input offset (floats)
   const float* vals;     // per entry n weights
   const int64_t* ptr;    // n_blocks + 1 entry pointers
-  const float* bias;     // cout_pad values (zeros when the layer has none), never null
+  const float* bias;     // cout values, or null when the layer has none
   float* y;              // output rows; channel c, pixel q at y[c * y_stride + q]
   int64_t y_stride;
   int64_t cout;          // rows >= cout (padding of the last block) are not stored
