@@ -166,7 +166,7 @@ class SearchRunner:
             raise
 
     def _run(self, tracker: SearchTracker, search_id: str, state_dir: Path, done: list[dict[str, Any]]) -> SearchResult:
-        from agents import CostModel
+        from agents import CostModel, PredictedLatency
         from automl.data import load_dataset
         from search_spaces import SearchSpace, SpaceConfig, cost_report
 
@@ -199,26 +199,19 @@ class SearchRunner:
             tracker.log_parent_text(space.to_json(), "search_space.json")
             tracker.update_parent_tags({"automl.budget": json_dumps(_budget_dict(budget))})
 
-        latency_fn = None
-        if profile is not None:
-            from latency_models import predict_policy
-
-            def latency_fn(policy, _p=profile, _s=space):
-                return predict_policy(_p, _s, policy).ms
-        cost_model = CostModel(space, latency_fn)
+        cost_model = CostModel(space, PredictedLatency(profile, space) if profile is not None else None)
         agent = self._agent(state_dir, done, space, budget, cost_model)
 
         remaining = cfg.candidates - len(done)
-        from automl.search.trial import TrialContext, fault_settings_from_env
+        from automl.search.trial import TrialContext, fault_settings_from_env, proxy_subset
 
-        n_calib = min(len(splits.x_train), 128 * max(1, cfg.evaluation.calib_batches))
         ctx = TrialContext(
             model_name=cfg.model.name,
             model_kwargs={"in_channels": meta["in_channels"], "num_classes": meta["num_classes"],
                           "image_size": meta["image_size"]},
             base_state={k: v.clone() for k, v in base.state_dict().items()},
-            x_calib=splits.x_train[:n_calib].clone(), x_val=splits.x_val[:cfg.evaluation.proxy_val_images].clone(),
-            y_val=splits.y_val[:cfg.evaluation.proxy_val_images].clone(), space=space, profile=profile,
+            splits=proxy_subset(splits, cfg.evaluation.proxy_val_images, cfg.evaluation.calib_batches),
+            space=space, profile=profile,
             dense_macs=int(dense["dense_macs"]), calib_batches=cfg.evaluation.calib_batches,
             threads=max(1, int(cfg.ray.cpus_per_trial)), fault=fault_settings_from_env())
         progress = SearchProgress(cfg.candidates, already=len(done), printer=self.print,
@@ -259,7 +252,7 @@ class SearchRunner:
         if ray.is_initialized():
             return False
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: our own progress only
         cfg = self.config.ray
         if self.address:
             self.print(f"ray: connecting to cluster at {self.address}")
@@ -311,24 +304,21 @@ class SearchRunner:
         previous = tracker.completed_candidates("finetuned")  # a resumed search keeps earlier fine-tunes
         already = {r["index"] for r in previous}
         top = sorted(ok, key=lambda c: -c["metrics"].get("accuracy", 0.0))[:k]
-        from automl.evaluation import finetune_and_test
-        from search_spaces import apply_policy
+        from automl.evaluation import ProxyEvaluator, finetune
+        from automl.training import evaluate
 
+        evaluator = ProxyEvaluator(base, splits, val_images=len(splits.x_val),
+                                   calib_batches=cfg.evaluation.calib_batches)
+        example = splits.x_val[:1]
         out = [{**r, "stage": "finetuned"} for r in previous]
         for rank, cand in enumerate(top):
             if cand["index"] in already:
                 continue
             self.print(f"fine-tuning top-{rank + 1} candidate #{cand['index']} "
-                       f"({cfg.evaluation.finetune_epochs} epoch(s))")
-            import copy
-
-            import torch
-
-            model = copy.deepcopy(base)
-            example = torch.zeros(1, *space.input_shape)
-            compressed = apply_policy(model, cand["policy"], example, calib=splits.x_train[:256])
-            test_acc = finetune_and_test(compressed, splits, epochs=cfg.evaluation.finetune_epochs, seed=cfg.seed,
-                                         progress=self.print)
+                       f"({cfg.evaluation.finetune_epochs} epoch(s) on {len(splits.x_train)} images)")
+            compressed = evaluator.compress(cand["policy"])
+            finetune(compressed, splits, cfg.evaluation.finetune_epochs, seed=cfg.seed, progress=self.print)
+            test_acc = evaluate(compressed.model, splits.x_test, splits.y_test)
             metrics = dict(cand["metrics"])
             metrics.update(accuracy=test_acc, finetuned_accuracy=test_acc)
             tags = {"automl.source_candidate": str(cand["index"]), "automl.latency_source": "predicted"}

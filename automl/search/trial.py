@@ -29,9 +29,7 @@ class TrialContext:
     model_name: str
     model_kwargs: dict[str, int]
     base_state: dict[str, torch.Tensor]
-    x_calib: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
+    splits: Any  # automl.data.DatasetSplits cut down to the calibration and proxy-validation images
     space: Any  # search_spaces.SearchSpace
     profile: Any | None  # latency_models.DeviceProfile
     dense_macs: int
@@ -68,15 +66,15 @@ def _maybe_inject_fault(ctx: TrialContext, proposal: int) -> None:
 
 def evaluate_policy(ctx: TrialContext, policy: CompressionPolicy) -> dict[str, Any]:
     """Proxy accuracy (BN recalibrated, no fine-tuning) + analytic costs + predicted latency."""
-    from automl.evaluation import proxy_accuracy
+    from automl.evaluation import ProxyEvaluator
     from search_spaces import cost_report
 
     torch.set_num_threads(ctx.threads)
     t0 = time.perf_counter()
     ctx.space.validate(policy)
-    model = ctx.build_base()
-    accuracy = proxy_accuracy(model, policy, ctx.x_calib, ctx.x_val, ctx.y_val, calib_batches=ctx.calib_batches,
-                              input_shape=ctx.space.input_shape)
+    evaluator = ProxyEvaluator(ctx.build_base(), ctx.splits, val_images=len(ctx.splits.x_val),
+                               calib_batches=ctx.calib_batches)
+    accuracy = evaluator(policy)["accuracy"]
     if not math.isfinite(accuracy):
         raise FloatingPointError(f"proxy accuracy is {accuracy}")
     costs = cost_report(ctx.space, policy)
@@ -105,3 +103,14 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tb = traceback.format_exc(limit=4)
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}\n{tb}", "accuracy": 0.0}
     tune.report(result)
+
+
+def proxy_subset(splits: Any, val_images: int, calib_batches: int, batch_size: int = 128) -> Any:
+    """The few images a trial needs (calibration + proxy validation), so Ray ships megabytes, not the dataset."""
+    from dataclasses import replace
+
+    n_calib = min(len(splits.x_train), batch_size * max(1, calib_batches))
+    empty = splits.x_test[:0]
+    return replace(splits, x_train=splits.x_train[:n_calib].clone(), y_train=splits.y_train[:n_calib].clone(),
+                   x_val=splits.x_val[:val_images].clone(), y_val=splits.y_val[:val_images].clone(),
+                   x_test=empty.clone(), y_test=splits.y_test[:0].clone())
