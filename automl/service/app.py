@@ -6,8 +6,8 @@ store: ids are validated as MLflow run ids, model names against a strict pattern
 configs may not name files, remote clusters or code to import (those options are for the CLI).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must resolve the endpoint annotations at runtime, and
+# some name closure-local objects (the bearer scheme).
 import os
 import secrets
 import sys
