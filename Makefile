@@ -26,7 +26,7 @@ data:
 	fi
 
 run: install
-	$(BIN)/automl quickstart
+	$(BIN)/automl search experiments/quickstart.yaml
 
 test: install
 	$(BIN)/ruff check automl agents search_spaces latency_models tests experiments

@@ -20,7 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "best": ("automl.cli.best_cmd", "BestCommand", "the most accurate tracked policy for a model under constraints"),
     "compare": ("automl.cli.compare_cmd", "CompareCommand", "compare policies/searches: table, Pareto plot, per layer"),
     "serve": ("automl.cli.serve_cmd", "ServeCommand", "serve the HTTP API (FastAPI + uvicorn, docs at /docs)"),
-    "quickstart": ("automl.cli.quickstart_cmd", "QuickstartCommand", "what `make run` runs: a small end-to-end demo"),
+    "latency": ("automl.cli.latency_cmd", "LatencyCommand", "measure, profile, predict and refit latency per runtime"),
+    "device-agent": ("automl.cli.device_agent_cmd", "DeviceAgentCommand", "serve latency measurements on a device"),
 }
 
 
