@@ -28,7 +28,17 @@ class BuildError(RuntimeError):
 
 
 def build_dir() -> Path:
-    """$AUTOML_HOME/torch_extensions/sparse_cpu (or ~/.cache/compress-search/...): one cache per user."""
+    """Where the compiled extension is cached: $SPARSE_CPU_BUILD_DIR, else the repo's build/ folder.
+
+    Not under $AUTOML_HOME: tests point that at a fresh temp dir per session, and a rebuild costs a minute.
+    Falls back to $AUTOML_HOME/torch_extensions when the source tree is not writable.
+    """
+    env = os.environ.get("SPARSE_CPU_BUILD_DIR")
+    if env:
+        return Path(env)
+    repo_build = CSRC.parent / "build"
+    if os.access(CSRC.parent, os.W_OK):
+        return repo_build / "torch_extensions" / "sparse_cpu"
     home = Path(os.environ.get("AUTOML_HOME") or Path.home() / ".cache" / "compress-search")
     return home / "torch_extensions" / "sparse_cpu"
 
