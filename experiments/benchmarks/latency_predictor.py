@@ -1,0 +1,139 @@
+"""Benchmark: does the kernel predictor match measured latency on models/policies it was not fitted on?
+
+    .venv/bin/python experiments/benchmarks/latency_predictor.py --minutes 3 --policies 6 \
+        --runtimes onnxruntime torch-eager --batches 1 8 [--out experiments/benchmarks/latency_predictor.json]
+
+For each runtime and batch: build (or reuse, cached under --profile-dir) a device profile from kernel
+samples only, then draw random policies on every zoo model (channel pruning with random align 1/4/8/16,
+so odd channel counts occur; some unstructured / N:M layers, masked at the dense shape), apply them with
+search_spaces.apply_policy, measure each compressed model (all policies of one model interleaved in one
+timing process) and predict it with predict_policy. Reports the share within ±10%, RMSE, Spearman rank
+correlation and the predictor's cost vs the measurement's. onnxruntime models are exported with the
+TorchScript exporter here (same executed kernels as the dynamo export, 100x faster to produce).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from automl.models import ZOO, build_model
+from latency_models import compare, get_or_build_profile, predict_policy
+from latency_models.profile import policy_kernels
+from latency_models.runtimes.ort import OnnxRuntime
+from search_spaces import SearchSpace, apply_policy
+
+INPUT = (1, 28, 28)  # Fashion-MNIST
+
+
+def random_policy(space: SearchSpace, rng: random.Random):
+    choices = {}
+    for lc in space.layers:
+        schemes = [s for s in ("channel", "channel", "channel", "dense", "unstructured", "nm") if s in lc.schemes]
+        scheme = rng.choice(schemes) if schemes else "dense"
+        c: dict = {"scheme": scheme}
+        if scheme == "channel":
+            c["sparsity"] = rng.choice([s for s in lc.sparsities if 0 < s <= 0.8] or [0.0])
+            c["align"] = rng.choice(lc.aligns)
+        elif scheme == "unstructured":
+            c["sparsity"] = rng.choice([s for s in lc.sparsities if s > 0] or [0.0])
+        elif scheme == "nm":
+            n, m = rng.choice(lc.nm)
+            c["nm"] = [n, m]
+        choices[lc.layer.name] = c
+    return space.decode(choices)
+
+
+def spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def run(runtime: str, batch: int, args) -> dict:
+    profile = get_or_build_profile(runtime, minutes=args.minutes, batch=batch, threads=1,
+                                   cache_dir=args.profile_dir, progress=lambda m: print(m, file=sys.stderr))
+    rt = OnnxRuntime(exporter="fast") if runtime == "onnxruntime" else runtime
+    rng = random.Random(args.seed)
+    rows = []
+    for name in ZOO:
+        model = build_model(name, INPUT[0], 10, INPUT[1]).eval()
+        space = SearchSpace.from_model(model, name, INPUT)
+        policies = [space.dense_policy()] + [random_policy(space, rng) for _ in range(args.policies)]
+        models = [apply_policy(model, p, torch.zeros(1, *INPUT)).model.eval() for p in policies]
+        t0 = time.perf_counter()
+        measured = compare(models, INPUT, runtime=rt, batch=batch, threads=1, warmup=10, repeats=args.repeats)
+        measure_s = (time.perf_counter() - t0) / len(models)
+        for i, (p, m) in enumerate(zip(policies, measured, strict=True)):
+            predict_policy(profile, space, p)  # first call fills the memo; time a fresh policy below
+            t1 = time.perf_counter()
+            est = predict_policy(profile, space, p)
+            cost = time.perf_counter() - t1
+            kern = policy_kernels(space, p)
+            chans = [k.params[1] for k in kern if k.type == "conv"]
+            rows.append({"model": name, "policy": i, "measured_ms": m.ms, "predicted_ms": est.ms,
+                         "std_ms": est.std_ms, "rel_err": est.ms / m.ms - 1, "predict_s": cost,
+                         "measure_s": measure_s, "odd_channels": sum(c % 8 != 0 for c in chans)})
+        print(f"{runtime} b{batch} {name}: " + ", ".join(f"{r['measured_ms']:.3f}/{r['predicted_ms']:.3f}"
+                                                           for r in rows if r["model"] == name), file=sys.stderr)
+    # the predictor's cost on unseen policies (no memo hits): fresh policies, cleared memo
+    fresh_costs = []
+    for name in ("resnet20", "mobilenetv2"):
+        space = SearchSpace.from_model(build_model(name, INPUT[0], 10, INPUT[1]), name, INPUT)
+        for _ in range(20):
+            p = random_policy(space, rng)
+            profile.predictor._memo.clear()
+            t1 = time.perf_counter()
+            predict_policy(profile, space, p)
+            fresh_costs.append(time.perf_counter() - t1)
+    err = np.array([r["rel_err"] for r in rows])
+    meas = np.array([r["measured_ms"] for r in rows])
+    pred = np.array([r["predicted_ms"] for r in rows])
+    return {"runtime": runtime, "batch": batch, "threads": 1, "device": profile.device,
+            "profile_samples": profile.n_samples, "preferred_align": profile.preferred_align,
+            "n": len(rows), "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
+            "within_20pct": float(np.mean(np.abs(err) <= 0.20)),
+            "rmse_ms": float(np.sqrt(np.mean((pred - meas) ** 2))), "rel_rmse": float(np.sqrt(np.mean(err**2))),
+            "spearman": spearman(pred, meas),
+            "per_model_within_10pct": {n: float(np.mean([abs(r["rel_err"]) <= 0.1 for r in rows if r["model"] == n]))
+                                       for n in ZOO},
+            "predict_ms_memo": 1e3 * statistics.median(r["predict_s"] for r in rows),
+            "predict_ms_fresh": 1e3 * statistics.median(fresh_costs),
+            "measure_s_per_model": statistics.median(r["measure_s"] for r in rows), "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runtimes", nargs="+", default=["onnxruntime", "torch-eager"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--minutes", type=float, default=3.0, help="profile budget per runtime/batch (if not cached)")
+    ap.add_argument("--policies", type=int, default=6, help="random policies per zoo model (plus the dense one)")
+    ap.add_argument("--repeats", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile-dir", default=str(Path.home() / ".cache" / "compress-search" / "bench-profiles"))
+    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    results = []
+    for runtime in args.runtimes:
+        for batch in args.batches:
+            res = run(runtime, batch, args)
+            results.append(res)
+            print(f"{runtime} batch {batch}: {res['within_10pct'] * 100:.0f}% within ±10% "
+                  f"({res['within_20pct'] * 100:.0f}% within ±20%), RMSE {res['rmse_ms']:.3f} ms "
+                  f"(rel {res['rel_rmse'] * 100:.0f}%), Spearman {res['spearman']:.3f}, n={res['n']}; "
+                  f"predict {res['predict_ms_fresh']:.2f} ms fresh / {res['predict_ms_memo']:.3f} ms memo vs "
+                  f"measure {res['measure_s_per_model']:.2f} s per model; per model "
+                  f"{ {k: round(v, 2) for k, v in res['per_model_within_10pct'].items()} }", flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

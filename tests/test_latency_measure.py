@@ -1,0 +1,56 @@
+"""Measurement harness: statistics, isolation, runtimes, interleaved comparison (no timed assertions)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from latency_models import LatencyEstimate, RuntimeError_, compare, get_runtime, measure_latency, summarize
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 4)).eval()
+
+
+def test_summarize_median_quartiles_and_robust_std():
+    s = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s["median"] == 3.0 and s["p25"] == 2.0 and s["p75"] == 4.0
+    assert s["std"] == pytest.approx(2.0 / 1.349)  # the 100 ms spike does not inflate it
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_measure_in_separate_process_names_everything():
+    est = measure_latency(tiny(), (1, 8, 8), runtime="onnxruntime", batch=2, threads=1, warmup=3, repeats=30)
+    assert isinstance(est, LatencyEstimate)
+    assert est.source == "measured" and est.runtime == "onnxruntime" and est.precision == "fp32"
+    assert est.batch == 2 and est.threads == 1 and est.device and est.repeats == 30
+    assert 0 < est.p25_ms <= est.ms <= est.p75_ms
+    assert est.std_ms >= 0
+    assert "measured" in str(est) and "batch 2" in str(est)
+    assert LatencyEstimate.from_dict(est.to_dict()) == est
+
+
+def test_torch_eager_in_process_and_int8_onnx():
+    eager = measure_latency(tiny(), (1, 8, 8), runtime="torch-eager", isolate=False, warmup=2, repeats=10)
+    assert eager.runtime == "torch-eager" and eager.ms > 0
+    q = measure_latency(tiny(), (1, 8, 8), runtime="onnxruntime", precision="int8", warmup=2, repeats=10)
+    assert q.precision == "int8" and q.ms > 0
+
+
+def test_compare_interleaves_and_keeps_order():
+    small, big = tiny(), nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)).eval()
+    a, b = compare([small, big], (1, 16, 16), warmup=3, repeats=30)
+    assert a.source == b.source == "measured"
+    assert b.ms > a.ms  # 64x64 3x3 convs on 16x16 vs one 1->8 conv: orders of magnitude apart
+
+
+def test_runtime_registry_errors_are_clear():
+    with pytest.raises(RuntimeError_, match="unknown runtime 'tflite'.*registered"):
+        get_runtime("tflite")
+    with pytest.raises(RuntimeError_, match="no int8 path"):
+        measure_latency(tiny(), (1, 8, 8), runtime="torch-compile", precision="int8")
+    assert {"onnxruntime", "torch-eager", "torch-compile"} <= set(__import__("latency_models").RUNTIMES)
