@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl.data import DatasetSplits, load_dataset
+from automl.data import DatasetSplits, dataset_info, load_dataset
 from automl.models import build_model, recipe_for
 
 ProgressFn = Callable[[str], None]
@@ -215,12 +215,13 @@ def train_or_load(model_name: str, dataset: str = "fashion-mnist", *, epochs: in
     if threads is not None:
         set_threads(threads)
     torch.manual_seed(seed)
+    # Build the model before loading data: a bad model name fails in a second, not after reading 60k images.
+    info = splits.info if splits is not None else dataset_info(dataset)
+    model = build_model(model_name, info.in_channels, info.num_classes, info.image_size)
     if splits is None:
         if progress:
             progress(f"loading {dataset}" + (f" (limit {limit})" if limit else ""))
         splits = load_dataset(dataset, data_dir, seed=seed, limit=limit)
-    info = splits.info
-    model = build_model(model_name, info.in_channels, info.num_classes, info.image_size)
     if progress:
         sizes = splits.sizes()
         progress(f"training {model_name} on {dataset}: {sizes['train']} train / {sizes['val']} val / "
