@@ -115,13 +115,13 @@ class SearchRunner:
         return get_or_build_profile(cfg.runtime, minutes=cfg.profile_minutes, batch=cfg.batch, threads=cfg.threads,
                                     device=cfg.device, progress=self.print)
 
-    def _measure(self, model, input_shape) -> float | None:
+    def _measure(self, model, input_shape):
+        """Measured latency (a LatencyEstimate) on the configured runtime, in a separate process."""
         from latency_models import measure_latency
 
         cfg = self.config.latency
-        est = measure_latency(model, input_shape, runtime=cfg.runtime, batch=cfg.batch, threads=cfg.threads,
-                              precision=cfg.precision, device=cfg.device)
-        return est.ms
+        return measure_latency(model, input_shape, runtime=cfg.runtime, batch=cfg.batch, threads=cfg.threads,
+                               precision=cfg.precision, device=cfg.device)
 
     def _budget(self, dense_latency_ms: float | None):
         from agents import Budget
@@ -188,7 +188,7 @@ class SearchRunner:
             from latency_models import predict_policy
 
             dense["dense_latency_ms_predicted"] = predict_policy(profile, space, dense_policy).ms
-            dense["dense_latency_ms"] = self._measure(base, input_shape)
+            dense["dense_latency_ms"] = self._measure(base, input_shape).ms
             self.print(f"dense {cfg.model.name}: accuracy {100 * dense['dense_accuracy']:.2f}%, latency "
                        f"{dense['dense_latency_ms']:.3f} ms measured / {dense['dense_latency_ms_predicted']:.3f} ms "
                        f"predicted ({cfg.latency.runtime}, batch {cfg.latency.batch}, {cfg.latency.threads} thread)")
@@ -222,7 +222,9 @@ class SearchRunner:
         else:
             self.print("all candidates already evaluated; going straight to fine-tuning")
 
-        finetuned = self._finetune_top_k(tracker, candidates, base, splits, space, profile)
+        finetuned = self._finetune_top_k(tracker, candidates, base, splits, space, profile, state_dir)
+        if (state_dir / "latency_pairs.jsonl").is_file():
+            tracker.log_parent_file(state_dir / "latency_pairs.jsonl")
         result = self._finish(tracker, search_id, candidates, finetuned, dense)
         return result
 
@@ -295,7 +297,8 @@ class SearchRunner:
             if started:
                 ray.shutdown()
 
-    def _finetune_top_k(self, tracker, candidates, base, splits, space, profile) -> list[dict[str, Any]]:
+    def _finetune_top_k(self, tracker, candidates, base, splits, space, profile,
+                        state_dir: Path) -> list[dict[str, Any]]:
         cfg = self.config
         k = cfg.evaluation.finetune_top_k
         ok = [c for c in candidates if c["status"] == "ok"]
@@ -324,16 +327,22 @@ class SearchRunner:
             tags = {"automl.source_candidate": str(cand["index"]), "automl.latency_source": "predicted"}
             artifacts = []
             with tempfile.TemporaryDirectory() as tmp:
-                if rank < cfg.latency.measure_top_k:
-                    measured = self._measure(compressed.model, space.input_shape)
-                    metrics["latency_ms_measured"] = measured
-                    metrics["latency_ms"] = measured
+                if rank < cfg.latency.measure_top_k and profile is not None:
+                    measured = self._measure(deployable(compressed.model), space.input_shape)
+                    metrics["latency_ms_measured"] = measured.ms
+                    metrics["latency_ms"] = measured.ms
                     tags["automl.latency_source"] = "measured"
+                    # Deploy-verified pairs: `automl latency refit --pairs` refits the profile from them.
+                    from latency_models import PairStore, predict_policy
+
+                    pairs = PairStore(state_dir / "latency_pairs.jsonl")
+                    pairs.add(predict_policy(profile, space, cand["policy"]), measured, model=cfg.model.name,
+                              policy=cand["policy"].to_dict())
                 try:
                     from search_spaces.export import export_onnx
 
                     onnx_path = Path(tmp) / "model.onnx"
-                    export_onnx(compressed.model, example, onnx_path)
+                    export_onnx(deployable(compressed.model), example, onnx_path)
                     artifacts.append(onnx_path)
                 except Exception as exc:  # ONNX export failure must not lose the fine-tune result
                     tags["automl.onnx_error"] = f"{type(exc).__name__}: {exc}"[:1000]
@@ -376,6 +385,17 @@ class SearchRunner:
         return SearchResult(search_id=search_id, tracking_uri=self.tracking_uri,
                             experiment_id=tracker.experiment_id, candidates=candidates, finetuned=finetuned,
                             best=best, dense=dense)
+
+
+def deployable(model):
+    """The float model a runtime executes: simulated quantization stripped (int8 is a runtime precision)."""
+    import copy
+
+    try:
+        from search_spaces.quantization import strip_fake_quant
+    except ImportError:
+        return model
+    return strip_fake_quant(copy.deepcopy(model))
 
 
 def _best_of(records: list[dict[str, Any]]) -> dict[str, Any] | None:
