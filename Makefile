@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DATA_DIR := /usr/share/datasets/fashion-mnist
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install data clean
+.PHONY: run test lint install data sparse-kernels clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) data
+install: $(STAMP) data sparse-kernels
+
+# The sparse_cpu C++ kernels (latency_models/sparse_kernels, issue 11) need a C++ compiler: install
+# Debian's build-essential when it is missing and we are root. The build is cached in build/ (seconds
+# when nothing changed).
+sparse-kernels: $(STAMP)
+	@if ! command -v g++ >/dev/null; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq build-essential || (apt-get update -qq && apt-get install -y -qq build-essential)); \
+	  else \
+	    echo "sparse-kernels: no C++ compiler; run 'sudo apt-get install build-essential'"; \
+	  fi; \
+	fi
+	$(BIN)/python -m latency_models.sparse_kernels.build
 
 # Debian ships Fashion-MNIST as a package; install it when we can (root + apt).
 data:
