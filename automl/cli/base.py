@@ -37,10 +37,10 @@ def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None, fi
     columns = columns or list(rows[0])
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)), file=file)
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(), file=file)
     print("  ".join("-" * w for w in widths), file=file)
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)), file=file)
+    for row in cells:  # rstrip: no trailing blanks, so output can be diffed and pasted into docs
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=file)
 
 
 def print_json(obj: Any, file=None) -> None:
