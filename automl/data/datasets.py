@@ -26,7 +26,8 @@ FASHION_MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
-FASHION_MNIST_HINT = ("Install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or pass "
+FASHION_MNIST_HINT = ("Install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; add --reinstall "
+                      "if the files are damaged), or pass "
                       "--data-dir pointing at a folder with the four IDX files "
                       f"({', '.join(FASHION_MNIST_FILES.values())}).")
 
