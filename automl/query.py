@@ -27,6 +27,9 @@ BYTES_PER_MB = 1_000_000  # decimal megabytes, like `max_size_mb` in the search 
 RUN_ID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:/+-]{1,200}$")
 _PAGE = 5000
+# Cost axes a front can be drawn against, in order of preference (latency when the search measured or
+# predicted it; a search run without a latency model still has MACs and size).
+X_METRICS = {"latency_ms": "latency (ms)", "mac_ratio": "MACs / dense MACs", "size_bytes": "size (bytes)"}
 
 
 class QueryError(LookupError):
@@ -178,10 +181,11 @@ class Comparison:
     entries: list[Candidate]
     sources: dict[str, str]  # given id -> "search" | "candidate"
     front: list[Candidate]
+    x: str = "latency_ms"  # the cost metric of the front (see X_METRICS)
 
     def to_dict(self) -> dict[str, Any]:
         front_ids = {c.run_id for c in self.front}
-        return {"sources": self.sources,
+        return {"sources": self.sources, "x": self.x, "y": "accuracy",
                 "entries": [{**c.to_dict(), "on_front": c.run_id in front_ids} for c in self.entries],
                 "front": [c.run_id for c in self.front]}
 
@@ -201,6 +205,12 @@ def pareto_front(candidates: Iterable[Candidate], x: str = "latency_ms", y: str 
             front.append(c)
             best_y = c.metrics[y]
     return front
+
+
+def default_x(candidates: Iterable[Candidate]) -> str:
+    """The first metric of X_METRICS that any candidate has (latency_ms if none has any)."""
+    cands = list(candidates)
+    return next((m for m in X_METRICS if any(m in c.metrics for c in cands)), "latency_ms")
 
 
 def choose_best(candidates: Sequence[Candidate], constraints: Constraints = Constraints()) -> Candidate | None:
@@ -262,15 +272,17 @@ def layer_view(a: CompressionPolicy, b: CompressionPolicy) -> list[dict[str, str
 
 
 def pareto_plot_data(entries: Sequence[Candidate], front: Sequence[Candidate] | None = None,
-                     title: str = "accuracy vs latency") -> dict[str, Any]:
+                     title: str | None = None, x: str = "latency_ms") -> dict[str, Any]:
     """Everything the Pareto plot draws, as plain data (tests check this, and it is embedded in the PNG)."""
-    front = pareto_front(entries) if front is None else front
+    if x not in X_METRICS:
+        raise QueryError(f"cannot plot against '{x}'; choose one of {', '.join(X_METRICS)}")
+    front = pareto_front(entries, x=x) if front is None else front
     front_ids = {c.run_id for c in front}
     points = [{"run_id": c.run_id, "label": c.label, "search_id": c.search_id, "stage": c.stage,
-               "x": c.latency_ms, "y": c.accuracy, "on_front": c.run_id in front_ids}
-              for c in entries if c.latency_ms is not None and c.accuracy is not None]
-    return {"title": title, "xlabel": "latency (ms)", "ylabel": "accuracy",
-            "points": points, "front": [[c.latency_ms, c.accuracy] for c in front]}
+               "x": c.metrics[x], "y": c.accuracy, "on_front": c.run_id in front_ids}
+              for c in entries if c.metrics.get(x) is not None and c.accuracy is not None]
+    return {"title": title or f"accuracy vs {X_METRICS[x].split(' (')[0]}", "x": x, "xlabel": X_METRICS[x],
+            "ylabel": "accuracy", "points": points, "front": [[c.metrics[x], c.accuracy] for c in front]}
 
 
 def save_pareto_plot(data: dict[str, Any], path: str | Path) -> Path:
@@ -468,8 +480,10 @@ class TrackingReader:
         return BestResult(best, constraints, len(cands), fitting), f"best of {fitting} fitting candidate(s)"
 
     # ------------------------------------------------------------------ compare / policies
-    def compare(self, ids: Sequence[str]) -> Comparison:
-        """Resolve each id (a search id -> one entry per policy of that search; a candidate run id -> itself)."""
+    def compare(self, ids: Sequence[str], x: str | None = None) -> Comparison:
+        """Resolve each id (a search id -> one entry per policy of that search; a candidate run id -> itself).
+
+        The front is accuracy vs `x` (default: latency, else MAC ratio, else size: see `default_x`)."""
         if not ids:
             raise QueryError("give at least one search id or candidate run id")
         entries: dict[str, Candidate] = {}
@@ -488,7 +502,10 @@ class TrackingReader:
                 raise QueryError(f"run {run_id} is neither a search nor a candidate of compress-search "
                                  f"(automl.role tag: {role!r})")
         listed = list(entries.values())
-        return Comparison(entries=listed, sources=sources, front=pareto_front(listed))
+        x = x or default_x(listed)
+        if x not in X_METRICS:
+            raise QueryError(f"cannot compare on '{x}'; choose one of {', '.join(X_METRICS)}")
+        return Comparison(entries=listed, sources=sources, front=pareto_front(listed, x=x), x=x)
 
     def load_policy(self, run_id: str) -> CompressionPolicy:
         """The `policy.json` artifact of a candidate run (or `best_policy.json` of a search)."""
@@ -535,8 +552,8 @@ def best_policy(tracking_uri: str, model: str, dataset: str | None = None, devic
     return TrackingReader(tracking_uri).best_policy(model, dataset, device, constraints)[0]
 
 
-def compare(tracking_uri: str, ids: Sequence[str]) -> Comparison:
-    return TrackingReader(tracking_uri).compare(ids)
+def compare(tracking_uri: str, ids: Sequence[str], x: str | None = None) -> Comparison:
+    return TrackingReader(tracking_uri).compare(ids, x)
 
 
 def load_policy(tracking_uri: str, run_id: str) -> CompressionPolicy:

@@ -13,6 +13,7 @@ from automl.query import (
     best_policy,
     choose_best,
     compare,
+    default_x,
     layer_view,
     list_searches,
     load_policy,
@@ -161,3 +162,19 @@ def test_load_policy_and_layer_view(store):
     assert "w8a8" in rows["layer1.0.conv2"]["a"]
     with pytest.raises(QueryError, match="no best_policy.json"):
         load_policy(uri, ids["A"])  # the fixture search logged no best_policy.json
+
+
+def test_front_falls_back_to_mac_ratio_without_latency(store):
+    def c(i, acc, mac):
+        return Candidate(f"{i:032x}", "s" * 32, i, "proxy", "ok", "m", None, None, None, "",
+                         {"accuracy": acc, "mac_ratio": mac})
+
+    pts = [c(0, 0.8, 0.5), c(1, 0.7, 0.6), c(2, 0.9, 0.9)]
+    assert default_x(pts) == "mac_ratio"
+    data = pareto_plot_data(pts, x=default_x(pts))
+    assert data["xlabel"] == "MACs / dense MACs" and data["front"] == [[0.5, 0.8], [0.9, 0.9]]
+    uri, ids = store
+    assert default_x(compare(uri, [ids["A"]]).entries) == "latency_ms"
+    assert [e.run_id for e in compare(uri, [ids["A"]], x="mac_ratio").front] == [ids["A2p"], ids["A0f"], ids["A1f"]]
+    with pytest.raises(QueryError, match="cannot compare on 'params'"):
+        compare(uri, [ids["A"]], x="params")

@@ -150,8 +150,10 @@ def test_search_status_progress_and_pareto(http, store):
     assert data["status"] == "finished" and data["model"] == "resnet20"
     assert data["progress"] == {"candidates_done": 5, "candidates_total": 5, "failed": 1}
     assert data["best"]["run_id"] == ids["A1f"] and data["best"]["stage"] == "finetuned"
-    front = http.get(f"/searches/{ids['A']}/pareto").json()["front"]
-    assert [c["run_id"] for c in front] == [ids["A2p"], ids["A0f"], ids["A1f"]]
+    pareto = http.get(f"/searches/{ids['A']}/pareto").json()
+    assert pareto["x"] == "latency_ms"
+    assert [c["run_id"] for c in pareto["front"]] == [ids["A2p"], ids["A0f"], ids["A1f"]]
+    assert http.get(f"/searches/{ids['A']}/pareto", params={"x": "params"}).status_code == 422
     listed = http.get("/searches", params={"model": "resnet20", "dataset": "fashion-mnist"}).json()
     assert {s["id"] for s in listed} == {ids["A"], ids["B"]}
 
@@ -291,8 +293,9 @@ def test_submit_tiny_search_over_http_and_poll_to_completion(tmp_path):
             best = http.get("/models/resnet20/best-policy", params={"max_mac_ratio": 0.7}).json()
             assert best["search_id"] == sid and best["mac_ratio"] <= 0.7 and best["stage"] == "finetuned"
             assert http.get(f"/policies/{best['run_id']}").json()["model"] == "resnet20"
-            front = http.get(f"/searches/{sid}/pareto").json()["front"]
-            assert front and all(c["search_id"] == sid for c in front)
+            pareto = http.get(f"/searches/{sid}/pareto").json()  # latency only if the search has it
+            assert pareto["x"] in ("latency_ms", "mac_ratio") and pareto["front"]
+            assert all(c["search_id"] == sid for c in pareto["front"])
             strict = http.get("/models/resnet20/best-policy", params={"max_mac_ratio": 0.7, "min_accuracy": 1.0})
             assert strict.status_code == 404
     finally:

@@ -43,7 +43,8 @@ class CompareCommand(Command):
             raise CommandError("the given searches have no successful candidates yet", exit_code=1)
         plot = None
         if args.out:
-            data = pareto_plot_data(cmp.entries, cmp.front, title=f"accuracy vs latency ({len(cmp.entries)} policies)")
+            data = pareto_plot_data(cmp.entries, cmp.front, x=cmp.x)
+            data["title"] += f" ({len(cmp.entries)} policies)"
             plot = str(save_pareto_plot(data, args.out))
             print(f"Pareto plot written to {plot}", file=sys.stderr)
         if args.format == "json":
@@ -52,7 +53,7 @@ class CompareCommand(Command):
         front = {c.run_id for c in cmp.front}
         rows = [{**c.to_dict(), "front": "*" if c.run_id in front else ""} for c in cmp.entries]
         print_table(rows, COLUMNS)
-        print("\n* = on the accuracy/latency Pareto front; label = search#candidate, '*' after it = fine-tuned")
+        print(f"\n* = on the accuracy/{cmp.x} Pareto front; label = search#candidate, '*' after it = fine-tuned")
         if layers:
             print(f"\nper layer: a = {layers['a']}, b = {layers['b']}")
             print_table(layers["rows"], ["layer", "a", "b", "same"])

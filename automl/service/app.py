@@ -12,7 +12,7 @@ import os
 import secrets
 import sys
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -152,11 +152,14 @@ def create_app(tracking_uri: str, token: str | None = None, *, max_running: int 
         return {"id": search_id, "status": "interrupted"}
 
     @app.get("/searches/{search_id}/pareto", tags=["searches"])
-    def get_pareto(search_id: RUN_ID) -> dict[str, Any]:
-        """Accuracy-vs-latency front of a search (one point per policy, fine-tuned runs where present)."""
+    def get_pareto(search_id: RUN_ID,
+                   x: Annotated[Literal["latency_ms", "mac_ratio", "size_bytes"] | None, Query(
+                       description="cost axis; default latency_ms, else mac_ratio/size_bytes when the "
+                                   "search has no latency")] = None) -> dict[str, Any]:
+        """Accuracy-vs-cost front of a search (one point per policy, fine-tuned runs where present)."""
         reader.search(search_id)
-        cmp = reader.compare([search_id])
-        return {"id": search_id, "x": "latency_ms", "y": "accuracy", "candidates": len(cmp.entries),
+        cmp = reader.compare([search_id], x)
+        return {"id": search_id, "x": cmp.x, "y": "accuracy", "candidates": len(cmp.entries),
                 "front": [c.to_dict() for c in cmp.front]}
 
     # ------------------------------------------------------------------ policies
