@@ -213,9 +213,20 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& idx, const at::Tens
   const int64_t q = hout * wq, q_pad = (q + 7) / 8 * 8;
   const int64_t buf_len = cin * s * s * plane + (q_pad - q) + wq + 8;
   TORCH_CHECK(buf_len < (int64_t{1} << 31), "sparse_cpu.conv2d: input too large for 32-bit offsets");
+  // Offsets are recomputed per call (they depend on the input size) but without integer division per
+  // entry, which cost more than the sparse FMAs on small layers: a per-tap table, and the channel index
+  // from a rounded floating-point reciprocal (exact: the fractional parts are multiples of 1 / (kh * kw)).
+  const int64_t kk = kh * kw;
+  std::vector<int64_t> tap_off(kk);
+  for (int64_t t = 0; t < kk; ++t) {
+    const int64_t i = t / kw, j = t % kw;
+    tap_off[t] = ((i % s) * s + (j % s)) * plane + (i / s) * wq + (j / s);
+  }
+  const double inv_kk = 1.0 / static_cast<double>(kk);
+  const int64_t chan_stride = s * s * plane;
   for (int64_t e = 0; e < ne; ++e) {
-    const int64_t c = ip[e] / (kh * kw), t = ip[e] % (kh * kw), i = t / kw, j = t % kw;
-    offs[e] = static_cast<int32_t>((c * s * s + (i % s) * s + (j % s)) * plane + (i / s) * wq + (j / s));
+    const int64_t c = static_cast<int64_t>((ip[e] + 0.5) * inv_kk);
+    offs[e] = static_cast<int32_t>(c * chan_stride + tap_off[ip[e] - c * kk]);
   }
   const int64_t gathered = cin * s * s * plane;
   if (static_cast<int64_t>(sc.buf.size()) < buf_len) sc.buf.resize(buf_len);
