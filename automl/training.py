@@ -177,7 +177,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train one with 'automl train'")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint is plain data, so loading one never runs code. TorchVersion is allowed
+    # because checkpoints written before the version was stored as a str hold one.
+    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
     model = build_model(meta["model"], meta["in_channels"], meta["num_classes"], meta["image_size"])
     model.load_state_dict(blob["state_dict"])
@@ -235,7 +238,7 @@ def train_or_load(model_name: str, dataset: str = "fashion-mnist", *, epochs: in
         "train_config": asdict(config), "history": history, "train_seconds": train_time,
         "val_acc": evaluate(model, splits.x_val, splits.y_val),
         "test_acc": evaluate(model, splits.x_test, splits.y_test),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     save_checkpoint(path, model, meta)
     return Checkpoint(model=model, meta=meta, path=path, reused=False)

@@ -116,3 +116,17 @@ def test_train_config_recipes_and_validation():
     for bad in ({"epochs": -1}, {"batch_size": 0}, {"optimizer": "lion"}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
+
+
+def test_checkpoints_load_as_plain_data_only(fmnist_small, tmp_path):
+    ckpt = train_or_load(SMALL, epochs=0, limit=2000, splits=fmnist_small, cache_dir=tmp_path, progress=None)
+    blob = torch.load(ckpt.path, weights_only=True)
+    # Checkpoints written before torch_version was stored as a str hold a TorchVersion: still readable.
+    blob["meta"]["torch_version"] = torch.__version__
+    torch.save(blob, ckpt.path)
+    assert load_checkpoint(ckpt.path).meta["torch_version"] == str(torch.__version__)
+    # Anything else that would need code to unpickle is refused, not executed.
+    blob["meta"]["extra"] = TrainConfig()
+    torch.save(blob, ckpt.path)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_checkpoint(ckpt.path)
