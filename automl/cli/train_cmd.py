@@ -18,7 +18,7 @@ class TrainCommand(Command):
         add_data_arguments(parser)
         parser.add_argument("--epochs", type=int, default=5)
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--limit", type=int, default=None, help="use only this many training images")
+        parser.add_argument("--limit", type=int, default=None, help="use only this many images of the training set (10%% of them become the validation split)")
         parser.add_argument("--cache-dir", default=None, help="checkpoint cache (default: $AUTOML_HOME/checkpoints)")
         parser.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
         parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
