@@ -2,8 +2,8 @@
 
 The state of each step is the model's whole computation graph (agents.graph: torch.fx ops as nodes,
 data flow as edges) with per-node features, including the sparsities decided so far and a flag on
-the layer being decided. Actor and critic each own a torch-geometric GCN encoder; the embedding of
-the current layer's node and the mean over all nodes feed the DDPG heads. Encoders train end to end
+the layer being decided. Actor and critic each own a torch-geometric GraphSAGE encoder; the embedding of
+the current layer's node (plus its raw features) feeds the DDPG heads. Encoders train end to end
 through the critic / actor losses, so the agent can learn that layers joined by a residual add
 behave alike — something AMC's per-layer vector cannot express.
 """
@@ -21,15 +21,22 @@ from agents.graph import ComputationGraph, build_graph
 
 
 class GraphEncoder(nn.Module):
-    """GCN layers over a batch of copies of one graph: (B, N, F) node features -> (B, 2H) state embedding."""
+    """GraphSAGE layers over a batch of copies of one graph: (B, N, F) -> (B, H + F) state embedding
+    (the current layer's node embedding — which has seen its 3-hop neighbourhood: the residual add it
+    feeds, the layers it is coupled to, their decided sparsities — and its raw features).
+
+    SAGE keeps a separate weight for a node's own features (its root), so the flag marking the layer
+    being decided is not averaged away by its neighbours, as it would be in a plain GCN.
+    """
 
     def __init__(self, in_features: int, edge_index: torch.Tensor, hidden: int = 64, layers: int = 3):
         super().__init__()
-        from torch_geometric.nn import GCNConv
+        from torch_geometric.nn import SAGEConv
 
-        self.convs = nn.ModuleList(GCNConv(in_features if i == 0 else hidden, hidden) for i in range(layers))
+        self.convs = nn.ModuleList(SAGEConv(in_features if i == 0 else hidden, hidden) for i in range(layers))
         self.register_buffer("edge_index", edge_index, persistent=False)
-        self.out_dim = 2 * hidden
+        self.norm = nn.LayerNorm(hidden)  # keeps the heads' inputs at unit scale
+        self.out_dim = hidden + in_features
 
     def node_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         b, n, f = x.shape
@@ -46,18 +53,28 @@ class GraphEncoder(nn.Module):
         h = self.node_embeddings(x)
         current = x[..., -1:]  # the "current layer" flag (last dynamic feature)
         cur = (h * current).sum(1) / current.sum(1).clamp_min(1.0)
-        return torch.cat([cur, h.mean(1)], dim=-1)
+        # the current node's own features skip the GNN: early in training the random encoder blurs them,
+        # and a critic that cannot tell steps apart drives every layer to the same saturated action
+        x_cur = (x * current).sum(1)
+        return torch.cat([self.norm(cur), x_cur], dim=-1)
 
 
 class GraphActor(nn.Module):
-    def __init__(self, in_features: int, edge_index: torch.Tensor, act_dim: int, hidden: int, gnn_hidden: int):
+    """The actor reads the critic's encoder, detached (as in SAC-AE / DrQ): the encoder learns from the
+    critic's regression, which has a dense signal, while an actor training its own encoder through
+    dQ/da alone learns state-blind actions and saturates."""
+
+    def __init__(self, encoder: GraphEncoder, act_dim: int, hidden: int):
         super().__init__()
-        self.encoder = GraphEncoder(in_features, edge_index, gnn_hidden)
-        self.head = nn.Sequential(nn.Linear(self.encoder.out_dim, hidden), nn.ReLU(), nn.Linear(hidden, act_dim),
-                                  nn.Sigmoid())
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.Linear(encoder.out_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                  nn.ReLU(), nn.Linear(hidden, act_dim))
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(obs).detach())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(obs))
+        return torch.sigmoid(self.logits(obs))
 
 
 class GraphCritic(nn.Module):
@@ -65,7 +82,7 @@ class GraphCritic(nn.Module):
         super().__init__()
         self.encoder = GraphEncoder(in_features, edge_index, gnn_hidden)
         self.head = nn.Sequential(nn.Linear(self.encoder.out_dim + act_dim, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, 1))
+                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.encoder(obs), act], dim=-1)).squeeze(-1)
@@ -99,8 +116,8 @@ class AGMCAgent(AMCAgent):
 
     def __init__(self, space: Any, budget: Budget | None = None, cost_model: CostModel | None = None,
                  seed: int = 0, *, objective: str | Objective = "accuracy", model: nn.Module | None = None,
-                 warmup: int = 20, noise: float = 0.5, noise_decay: float = 0.95, hidden: int = 128,
-                 gnn_hidden: int = 64, lr_actor: float = 1e-3, lr_critic: float = 3e-3, batch_size: int = 32,
+                 warmup: int = 20, noise: float = 0.5, noise_decay: float = 0.95, hidden: int = 300,
+                 gnn_hidden: int = 16, lr_actor: float = 1e-3, lr_critic: float = 3e-3, batch_size: int = 64,
                  buffer_size: int = 5000, updates_per_episode: int | None = None):
         self.graph = graph_for_space(space, model)
         self.gnn_hidden = gnn_hidden
@@ -112,7 +129,8 @@ class AGMCAgent(AMCAgent):
         return LayerPruningEnv(self.walker, embedding="graph", graph=self.graph)
 
     def _make_networks(self, obs_shape: tuple[int, ...], act_dim: int, hidden: int) -> tuple[nn.Module, nn.Module]:
-        edges = self.graph.undirected_edges()
-        features = obs_shape[-1]
-        return (GraphActor(features, edges, act_dim, hidden, self.gnn_hidden),
-                GraphCritic(features, edges, act_dim, hidden, self.gnn_hidden))
+        critic = GraphCritic(obs_shape[-1], self.graph.undirected_edges(), act_dim, hidden, self.gnn_hidden)
+        return GraphActor(critic.encoder, act_dim, hidden), critic
+
+    def _actor_parameters(self) -> list[nn.Parameter]:
+        return list(self.actor.head.parameters())

@@ -155,6 +155,8 @@ class LayerPruningEnv(gym.Env):
 
 # ------------------------------------------------------------------------------ DDPG
 
+LOGIT_BOUND = 3.0  # sigmoid(3) = 0.95: actions reach the grid's ends, gradients stay alive
+
 
 class ReplayBuffer:
     """Fixed-size ring buffer of (state, action, return)."""
@@ -181,10 +183,13 @@ class MLPActor(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 300):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, act_dim), nn.Sigmoid())
+                                 nn.Linear(hidden, act_dim))
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs)
+        return torch.sigmoid(self.logits(obs))
 
 
 class MLPCritic(nn.Module):
@@ -231,7 +236,7 @@ class AMCAgent(Agent):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.actor, self.critic = self._make_networks(obs_shape, act_dim, hidden)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr_actor)
+        self.actor_opt = torch.optim.Adam(self._actor_parameters(), lr=lr_actor)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr_critic)
         self.buffer = ReplayBuffer(obs_shape, act_dim, buffer_size)
         self.episodes = 0  # proposals rolled out (drives warm-up and noise decay)
@@ -244,6 +249,9 @@ class AMCAgent(Agent):
 
     def _make_networks(self, obs_shape: tuple[int, ...], act_dim: int, hidden: int) -> tuple[nn.Module, nn.Module]:
         return MLPActor(obs_shape[0], act_dim, hidden), MLPCritic(obs_shape[0], act_dim, hidden)
+
+    def _actor_parameters(self) -> list[nn.Parameter]:
+        return list(self.actor.parameters())
 
     # -- acting
     @property
@@ -301,17 +309,26 @@ class AMCAgent(Agent):
         for obs, action in steps:
             self.buffer.add(obs, action, reward)
         if self.buffer.n >= min(self.batch_size, 2 * self.env.n_layers):
+            # as AMC: the critic learns from the warm-up episodes, the actor only follows it afterwards
+            # (an actor chasing an untrained critic saturates its sigmoid outputs and never recovers)
+            train_actor = len(self.rewards) > self.warmup
             for _ in range(self.updates_per_episode):
-                self.update()
+                self.update(train_actor)
 
-    def update(self) -> tuple[float, float]:
+    def update(self, train_actor: bool = True) -> tuple[float, float]:
         obs, act, ret = self.buffer.sample(self.rng, self.batch_size)
         obs_t, act_t, ret_t = torch.as_tensor(obs), torch.as_tensor(act), torch.as_tensor(ret, dtype=torch.float32)
         critic_loss = nn.functional.mse_loss(self.critic(obs_t, act_t), ret_t)
         self.critic_opt.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
-        actor_loss = -self.critic(obs_t, self.actor(obs_t)).mean()
+        if not train_actor:
+            return critic_loss.item(), float("nan")
+        logits = self.actor.logits(obs_t)
+        # keep the sigmoid out of saturation: a saturated actor gets no gradient back from the critic
+        # and stays pinned at an action bound (the classic DDPG failure on bounded actions)
+        saturation = torch.relu(logits.abs() - LOGIT_BOUND).pow(2).mean()
+        actor_loss = -self.critic(obs_t, torch.sigmoid(logits)).mean() + saturation
         self.actor_opt.zero_grad()
         actor_loss.backward()
         self.actor_opt.step()

@@ -21,7 +21,7 @@ from torch import fx, nn
 
 OP_TYPES = ("input", "conv", "depthwise", "linear", "norm", "act", "add", "mul", "pool", "reshape", "output",
             "other")
-STATIC_FEATURES = len(OP_TYPES) + 6  # + log in ch, log out ch, kernel, stride, MAC share, prunable
+STATIC_FEATURES = len(OP_TYPES) + 7  # + position, log in ch, log out ch, kernel, stride, MAC share, prunable
 DYNAMIC_FEATURES = 3  # decided sparsity, decided flag, current flag
 
 
@@ -128,7 +128,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...], layer_names: Seq
                 in_ch = m.in_features
                 macs[i] = m.in_features * m.out_features
         one_hot = [1.0 if op == t else 0.0 for t in OP_TYPES]
-        rows.append(one_hot + [math.log2(in_ch + 1) / 12, math.log2(out_ch + 1) / 12, kernel / 7, stride / 4,
+        rows.append(one_hot + [i / max(1, len(nodes) - 1), math.log2(in_ch + 1) / 12, math.log2(out_ch + 1) / 12, kernel / 7, stride / 4,
                                0.0, 0.0])
     static = np.asarray(rows, dtype=np.float32)
     static[:, -2] = macs / (macs.max() or 1.0)
