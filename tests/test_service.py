@@ -301,3 +301,26 @@ def test_submit_tiny_search_over_http_and_poll_to_completion(tmp_path):
     finally:
         srv.stop()
         _kill_marked(ray_tmp)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _search_importable(), reason="automl.search (issue 6, `automl search`) is not importable yet")
+def test_shutdown_terminates_running_searches(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'stop.db'}"
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    srv = Server(uri, tmp_path / "server.log", _env(AUTOML_API_TOKEN=TOKEN, AUTOML_RAY_TMPDIR=ray_tmp))
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            sid = http.post("/searches", json={**TINY, "name": "to-stop"}, headers=AUTH).json()["id"]
+            pid = http.get(f"/searches/{sid}").json()["process"]["pid"]
+        srv.stop()
+        assert srv.proc.returncode == 0
+        state = Path(f"/proc/{pid}/status")
+        assert not state.exists() or "zombie" in state.read_text(), "the search process outlived the server"
+        from mlflow import MlflowClient
+
+        tags = MlflowClient(tracking_uri=uri).get_run(sid).data.tags
+        assert tags["automl.status"] == "interrupted"
+    finally:
+        srv.stop()
+        _kill_marked(ray_tmp)

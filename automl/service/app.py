@@ -138,7 +138,7 @@ def create_app(tracking_uri: str, token: str | None = None, *, max_running: int 
         job = jobs.jobs.get(search_id)
         if job is not None:
             rc = job.returncode
-            out["process"] = {"running": rc is None, "returncode": rc}
+            out["process"] = {"running": rc is None, "returncode": rc, "pid": job.process.pid}
             if rc is not None and rc != 0 and out["status"] in ("queued", "running"):
                 out["status"] = "failed"  # the watcher thread is about to write this to MLflow
         return out

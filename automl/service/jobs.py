@@ -35,6 +35,7 @@ class Job:
     process: subprocess.Popen
     workdir: Path
     cancelled: bool = False
+    watcher: threading.Thread | None = None
 
     @property
     def returncode(self) -> int | None:
@@ -84,7 +85,8 @@ class SearchJobs:
                 raise
             job = Job(sid, proc, workdir)
             self.jobs[sid] = job
-        threading.Thread(target=self._watch, args=(job, log), name=f"watch-{sid[:8]}", daemon=True).start()
+        job.watcher = threading.Thread(target=self._watch, args=(job, log), name=f"watch-{sid[:8]}", daemon=True)
+        job.watcher.start()
         return sid
 
     def _create_parent(self, config: SearchConfig) -> str:
@@ -153,6 +155,8 @@ class SearchJobs:
                 job.process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 pass
+            if job.watcher is not None:  # let it record the final status before the server exits
+                job.watcher.join(timeout=grace_s)
         shutil.rmtree(self._root, ignore_errors=True)
 
 
