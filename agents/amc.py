@@ -205,14 +205,14 @@ class MLPCritic(nn.Module):
 def truncated_normal(rng: np.random.Generator, mean: np.ndarray, sigma: float, lo: float = 0.0,
                      hi: float = 1.0) -> np.ndarray:
     """Samples of N(mean, sigma) truncated to [lo, hi] (AMC's exploration noise), by inverse CDF."""
-    from scipy.stats import norm
+    from scipy.special import ndtr, ndtri  # normal CDF and its inverse (scipy.stats imports slowly)
 
     mean = np.asarray(mean, dtype=np.float64)
     if sigma <= 0:
         return np.clip(mean, lo, hi)
-    a, b = norm.cdf((lo - mean) / sigma), norm.cdf((hi - mean) / sigma)
+    a, b = ndtr((lo - mean) / sigma), ndtr((hi - mean) / sigma)
     u = a + rng.random(mean.shape) * np.maximum(b - a, 1e-12)
-    return np.clip(mean + sigma * norm.ppf(np.clip(u, 1e-12, 1 - 1e-12)), lo, hi)
+    return np.clip(mean + sigma * ndtri(np.clip(u, 1e-12, 1 - 1e-12)), lo, hi)
 
 
 class AMCAgent(Agent):
