@@ -16,6 +16,7 @@ from automl.cli.base import Command, CommandError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("automl.cli.models_cmd", "ModelsCommand", "list the model zoo with parameters and MACs"),
     "train": ("automl.cli.train_cmd", "TrainCommand", "train (or reuse the cached) base model and print test accuracy"),
+    "apply": ("automl.cli.apply_cmd", "ApplyCommand", "apply a policy to a checkpoint: prune, quantize, fine-tune, export"),
     "search": ("automl.cli.search_cmd", "SearchCommand", "run a compression search on Ray, tracked in MLflow"),
     "best": ("automl.cli.best_cmd", "BestCommand", "the most accurate tracked policy for a model under constraints"),
     "compare": ("automl.cli.compare_cmd", "CompareCommand", "compare policies/searches: table, Pareto plot, per layer"),
