@@ -206,41 +206,49 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& idx, const at::Tens
     return out;
   }
 
-  // General case: gather the zero-padded input into s*s phase planes of hq x wq, so tap (i, j) of input
+  // General case: gather the zero-padded input into (up to) s*s phase planes of hq x wq, so tap (i, j) of input
   // channel c is plane (c, i % s, j % s) shifted by (i / s) rows and (j / s) columns, and output pixel
   // (oh, ow) sits at oh * wq + ow on a grid wq wide (columns >= wout are computed and dropped).
   const int64_t s = stride, hq = (hp + s - 1) / s, wq = (wp + s - 1) / s, plane = hq * wq;
   const int64_t q = hout * wq, q_pad = (q + 7) / 8 * 8;
-  const int64_t buf_len = cin * s * s * plane + (q_pad - q) + wq + 8;
+  // Only the phase planes some tap reads are gathered (a 1x1 stride-2 conv needs one of the four).
+  const int64_t kk = kh * kw;
+  std::vector<int64_t> phase_slot(s * s, -1);
+  int64_t nphase = 0;
+  for (int64_t t = 0; t < kk; ++t) {
+    const int64_t ph = ((t / kw) % s) * s + (t % kw) % s;
+    if (phase_slot[ph] < 0) phase_slot[ph] = nphase++;
+  }
+  const int64_t buf_len = cin * nphase * plane + (q_pad - q) + wq + 8;
   TORCH_CHECK(buf_len < (int64_t{1} << 31), "sparse_cpu.conv2d: input too large for 32-bit offsets");
   // Offsets are recomputed per call (they depend on the input size) but without integer division per
   // entry, which cost more than the sparse FMAs on small layers: a per-tap table, and the channel index
   // from a rounded floating-point reciprocal (exact: the fractional parts are multiples of 1 / (kh * kw)).
-  const int64_t kk = kh * kw;
   std::vector<int64_t> tap_off(kk);
   for (int64_t t = 0; t < kk; ++t) {
     const int64_t i = t / kw, j = t % kw;
-    tap_off[t] = ((i % s) * s + (j % s)) * plane + (i / s) * wq + (j / s);
+    tap_off[t] = phase_slot[(i % s) * s + (j % s)] * plane + (i / s) * wq + (j / s);
   }
   const double inv_kk = 1.0 / static_cast<double>(kk);
-  const int64_t chan_stride = s * s * plane;
+  const int64_t chan_stride = nphase * plane;
   for (int64_t e = 0; e < ne; ++e) {
     const int64_t c = static_cast<int64_t>((ip[e] + 0.5) * inv_kk);
     offs[e] = static_cast<int32_t>(c * chan_stride + tap_off[ip[e] - c * kk]);
   }
-  const int64_t gathered = cin * s * s * plane;
+  const int64_t gathered = cin * nphase * plane;
   if (static_cast<int64_t>(sc.buf.size()) < buf_len) sc.buf.resize(buf_len);
   if (static_cast<int64_t>(sc.tmp.size()) < cout * q_pad) sc.tmp.resize(cout * q_pad);
   float* bp = sc.buf.data();
   std::memset(bp + gathered, 0, (buf_len - gathered) * sizeof(float));  // the tail read by garbage pixels
-  const int64_t grain = std::max<int64_t>(1, 16384 / (s * s * plane));
+  const int64_t grain = std::max<int64_t>(1, 16384 / (nphase * plane));
   for (int64_t bi = 0; bi < batch; ++bi) {
     const float* xb = x.data_ptr<float>() + bi * cin * h * w;
     at::parallel_for(0, cin, grain, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t pa = 0; pa < s; ++pa) {
           for (int64_t pb = 0; pb < s; ++pb) {
-            float* dst = bp + (c * s * s + pa * s + pb) * plane;
+            if (phase_slot[pa * s + pb] < 0) continue;
+            float* dst = bp + (c * nphase + phase_slot[pa * s + pb]) * plane;
             for (int64_t r = 0; r < hq; ++r) {
               const int64_t src_r = r * s + pa - padding;
               float* drow = dst + r * wq;

@@ -14,7 +14,7 @@ does not fight torch's threads.
 
 e2e: ResNet-20 and MobileNetV2 with every eligible conv (groups 1, more than 3 input channels) pruned to
 75% in 1x4 blocks, on the sparse-cpu runtime (compiled and eager), against the dense model on
-onnxruntime fp32 and int8 and torch.compile; each timed in a fresh process by latency_models.compare, the
+onnxruntime fp32 (the fastest dense runtime here, GUIDE §2) and int8; each timed in a fresh process by latency_models.compare, the
 runtimes alternated for `--rounds` rounds, medians reported. Accuracy after fine-tune is not measured here
 (random weights: only speed); it belongs to the headline benchmark.
 """
@@ -132,8 +132,10 @@ def prune_blocks_(model: nn.Module, sparsity: float, n: int = 4) -> nn.Module:
 
 def bench_e2e(resolutions: list[int], batches: list[int], rounds: int, repeats: int) -> list[dict]:
     from automl.models import build_model
-    from latency_models import compare
+    from latency_models import compare, register_runtime
 
+    # the eager variant is not in the registry (the runtime compiles); the timing worker resolves it by path
+    register_runtime("sparse-cpu-eager", "latency_models.sparse_kernels.runtime:SparseCpuEagerRuntime")
     rows = []
     for name in ("resnet20", "mobilenetv2"):
         for res in resolutions:
@@ -142,13 +144,12 @@ def bench_e2e(resolutions: list[int], batches: list[int], rounds: int, repeats: 
             sparse = prune_blocks_(copy.deepcopy(dense), 0.75)
             for batch in batches:
                 variants = [("sparse-cpu", sparse, "fp32"),
-                            ("latency_models.sparse_kernels.runtime:SparseCpuEagerRuntime", sparse, "fp32"),
-                            ("onnxruntime", dense, "fp32"), ("onnxruntime", dense, "int8"),
-                            ("torch-compile", dense, "fp32")]
+                            ("sparse-cpu-eager", sparse, "fp32"),
+                            ("onnxruntime", dense, "fp32"), ("onnxruntime", dense, "int8")]
                 ms: dict[str, list[float]] = {}
                 for _ in range(rounds):
                     for rt, model, prec in variants:
-                        key = f"{rt.split(':')[-1]} {prec}"
+                        key = f"{rt} {prec}"
                         est = compare([model], (1, res, res), runtime=rt, batch=batch, threads=1, precision=prec,
                                       repeats=repeats)[0]
                         ms.setdefault(key, []).append(est.ms)
