@@ -146,6 +146,30 @@ def test_block_choice_follows_mask_structure():
     assert block_fill(unstructured, 4) < 0.5
 
 
+@pytest.mark.parametrize("scheme, decision, expected_n", [
+    ("block1xn", {"sparsity": 0.75, "n": 4}, 4),
+    ("block1xn", {"sparsity": 0.5, "n": 8}, 4),
+    ("block_punched", {"sparsity": 0.5, "block": (8, 16)}, 4),
+    ("block_punched", {"sparsity": 0.5, "block": (2, 8)}, 2),
+    ("pattern", {"sparsity": 0.3}, 1),
+    ("unstructured", {"sparsity": 0.8}, 1),
+    ("nm", {"sparsity": 0.5, "n": 2, "m": 4}, 1),
+])
+def test_search_space_scheme_masks_run_on_the_kernels(scheme, decision, expected_n):
+    """The compression engine's masks (search_spaces) map to the intended format and stay exact."""
+    from automl.policy import LayerDecision
+    from search_spaces import get_scheme
+
+    torch.manual_seed(5)
+    conv = nn.Conv2d(16, 32, 3, padding=1)
+    mask = get_scheme(scheme).mask(conv.weight, LayerDecision(scheme=scheme, **decision))
+    sparse = SparseConv2d.from_dense(conv, mask=mask)
+    assert sparse.n == expected_n
+    x = torch.randn(1, 16, 12, 12)
+    with torch.no_grad():
+        assert _rel_err(sparse(x), F.conv2d(x, conv.weight * mask, conv.bias, 1, 1)) <= 1e-5
+
+
 def test_modules_match_dense_layers_with_explicit_mask():
     gen = torch.Generator().manual_seed(2)
     conv = nn.Conv2d(12, 20, 3, stride=2, padding=1)

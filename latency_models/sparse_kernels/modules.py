@@ -19,8 +19,8 @@ from .build import load
 
 #: Block heights tried in this order. Measured per layer, N=4 is 5-15% faster than N=8 on the same
 #: 1x8-structured weight (docs/benchmarks.md), and 1x8 blocks are 1x4 blocks too, so 4 comes first;
-#: N=8 is used only when forced (``n=8``).
-PREFERRED_N: tuple[int, ...] = (4, 8)
+#: N=8 is used only when forced (``n=8``); 2 serves block-punched row blocks of 2.
+PREFERRED_N: tuple[int, ...] = (4, 8, 2)
 #: A block height is used when at least this share of its stored weights are non-zero.
 MIN_FILL = 0.95
 #: Default sparsity from which a layer is swapped, per block height: below it the dense kernel is as fast
