@@ -342,7 +342,7 @@ class SearchRunner:
                     from search_spaces.export import export_onnx
 
                     onnx_path = Path(tmp) / "model.onnx"
-                    export_onnx(deployable(compressed.model), example, onnx_path)
+                    export_onnx(deployable(compressed.model), example, onnx_path, dynamic_batch=False)
                     artifacts.append(onnx_path)
                 except Exception as exc:  # ONNX export failure must not lose the fine-tune result
                     tags["automl.onnx_error"] = f"{type(exc).__name__}: {exc}"[:1000]

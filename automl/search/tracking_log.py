@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from automl import __version__
 from automl.policy import CompressionPolicy
+from automl.tracking import ensure_experiment
 
 ROLE, SEARCH_ID, STATUS = "automl.role", "automl.search_id", "automl.status"
 
@@ -48,8 +49,7 @@ class SearchTracker:
     def __init__(self, tracking_uri: str, experiment: str):
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.experiment_id = ensure_experiment(self.client, experiment)  # artifacts beside the store, not ./mlruns
         self.parent_id: str | None = None
 
     # ------------------------------------------------------------------ parent

@@ -1,0 +1,229 @@
+"""End-to-end searches with real Ray and a real sqlite MLflow store, driven through the CLI.
+
+Covers: the logged runs/metrics/artifacts, a worker killed mid-trial (retried), a killed driver
+(resumed with --resume, no candidate lost or evaluated twice), and a separate Ray head node on
+127.0.0.1 used through --address. Every process a test starts is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "model": {"name": "resnet20", "train_epochs": 1, "train_limit": 600},
+    "dataset": {"name": "fashion-mnist", "limit": 1000, "test_limit": 200},
+    "agent": {"name": "random"},
+    "budget": {"max_mac_ratio": 0.7},
+    "objectives": ["accuracy", "mac_ratio"],
+    "evaluation": {"proxy_val_images": 100, "calib_batches": 1, "finetune_top_k": 1, "finetune_epochs": 0.2},
+    "latency": {"measure_top_k": 0},
+    "candidates": 4,
+    "ray": {"workers": 2, "cpus_per_trial": 1, "object_store_mb": 100},
+}
+
+
+def _write_config(tmp_path: Path, name: str, **overrides) -> Path:
+    cfg = {**TINY, "name": name, **overrides}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _short_tmp() -> str:
+    # Ray's unix sockets live under the temp dir: keep the path short.
+    return tempfile.mkdtemp(prefix="r", dir="/tmp")
+
+
+def _kill_leftovers(marker: str) -> None:
+    """Kill any process whose command line mentions `marker` (a test's private Ray temp dir)."""
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
+            continue
+        try:
+            cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+        except OSError:
+            continue
+        if marker in cmdline:
+            try:
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _env(ray_tmp: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"AUTOML_RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def _automl(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "automl", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _children(client: MlflowClient, search_id: str, stage: str):
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exp_ids, filter_string=f"tags.`automl.search_id` = '{search_id}' and "
+                                                     f"tags.`automl.role` = 'candidate' and "
+                                                     f"tags.`automl.stage` = '{stage}'")
+
+
+def _parents(client: MlflowClient, name: str):
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exp_ids, filter_string=f"tags.`automl.role` = 'search' and "
+                                                     f"tags.`automl.search_name` = '{name}'")
+
+
+@pytest.fixture()
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return uri, MlflowClient(tracking_uri=uri)
+
+
+def test_tiny_search_logs_expected_runs(tmp_path, store):
+    uri, client = store
+    ray_tmp = _short_tmp()
+    try:
+        proc = _automl("search", str(_write_config(tmp_path, "tiny")), "--tracking-uri", uri, env=_env(ray_tmp))
+    finally:
+        _kill_leftovers(ray_tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best policy" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "[4/4]" in proc.stderr  # live progress lines
+
+    (parent,) = _parents(client, "tiny")
+    search_id = parent.info.run_id
+    assert parent.data.tags["automl.status"] == "finished"
+    assert parent.data.tags["automl.model"] == "resnet20"
+    assert parent.data.params["agent.name"] == "random"
+    parent_files = {f.path for f in client.list_artifacts(search_id)}
+    assert {"config.yaml", "search_space.json", "pareto.csv", "pareto.png", "best_policy.json"} <= parent_files
+    assert 0 < parent.data.metrics["best_accuracy"] <= 1
+
+    proxies = _children(client, search_id, "proxy")
+    assert sorted(int(r.data.tags["automl.candidate"]) for r in proxies) == [0, 1, 2, 3]
+    for run in proxies:
+        assert run.data.tags["mlflow.parentRunId"] == search_id
+        if run.data.tags["automl.status"] == "ok":
+            m = run.data.metrics
+            assert 0 <= m["accuracy"] <= 1 and 0 < m["mac_ratio"] <= 0.7 + 1e-9
+            assert m["size_bytes"] > 0 and m["params"] > 0
+        assert "policy.json" in {f.path for f in client.list_artifacts(run.info.run_id)}
+    (tuned,) = _children(client, search_id, "finetuned")
+    assert "finetuned_accuracy" in tuned.data.metrics
+    assert "model.onnx" in {f.path for f in client.list_artifacts(tuned.info.run_id)}, tuned.data.tags.get(
+        "automl.onnx_error")
+
+
+def test_worker_killed_mid_trial_is_retried(tmp_path, store):
+    uri, client = store
+    ray_tmp, fault_dir = _short_tmp(), tmp_path / "faults"
+    fault_dir.mkdir()
+    cfg = _write_config(tmp_path, "killworker", evaluation={**TINY["evaluation"], "finetune_top_k": 0})
+    try:
+        proc = _automl("search", str(cfg), "--tracking-uri", uri,
+                       env=_env(ray_tmp, AUTOML_TEST_KILL_PROPOSAL="1", AUTOML_TEST_FAULT_DIR=str(fault_dir)))
+    finally:
+        _kill_leftovers(ray_tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (fault_dir / "killed-1").exists(), "the fault was not injected: the test would prove nothing"
+    (parent,) = _parents(client, "killworker")
+    proxies = _children(client, parent.info.run_id, "proxy")
+    assert len(proxies) == 4
+    assert all(r.data.tags["automl.status"] == "ok" for r in proxies)
+
+
+def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, store):
+    uri, client = store
+    ray_tmp = _short_tmp()
+    cfg = _write_config(tmp_path, "resumable", candidates=6, ray={**TINY["ray"], "workers": 1},
+                        evaluation={**TINY["evaluation"], "finetune_top_k": 0})
+    env = _env(ray_tmp, AUTOML_TEST_SLEEP_S="1.5")
+    driver = subprocess.Popen([sys.executable, "-m", "automl", "search", str(cfg), "--tracking-uri", uri], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            parents = _parents(client, "resumable")
+            if parents and len(_children(client, parents[0].info.run_id, "proxy")) >= 2:
+                break
+            assert driver.poll() is None, "the driver ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("the search logged fewer than 2 candidates in 300 s")
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        _kill_leftovers(ray_tmp)
+    (parent,) = _parents(client, "resumable")
+    before = {int(r.data.tags["automl.candidate"]): r.info.run_id for r in _children(client, parent.info.run_id, "proxy")}
+    assert 2 <= len(before) < 6
+
+    ray_tmp2 = _short_tmp()
+    try:
+        proc = _automl("search", str(cfg), "--tracking-uri", uri, "--resume", env=_env(ray_tmp2))
+    finally:
+        _kill_leftovers(ray_tmp2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{len(before)} candidate(s) already evaluated" in proc.stderr
+    (parent_after,) = _parents(client, "resumable")
+    assert parent_after.info.run_id == parent.info.run_id
+    assert parent_after.data.tags["automl.status"] == "finished"
+    after = _children(client, parent.info.run_id, "proxy")
+    indices = sorted(int(r.data.tags["automl.candidate"]) for r in after)
+    assert indices == list(range(6)), indices  # none lost, none twice
+    kept = {int(r.data.tags["automl.candidate"]): r.info.run_id for r in after}
+    assert all(kept[i] == before[i] for i in before)  # earlier candidates were not re-evaluated
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_search_on_a_separate_ray_head_node(tmp_path, store):
+    uri, client = store
+    ray_tmp = _short_tmp()
+    port = _free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", "2", "--temp-dir", ray_tmp, "--include-dashboard", "false", "--block",
+                             "--disable-usage-stats"],
+                            env=_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        cfg = _write_config(tmp_path, "cluster", evaluation={**TINY["evaluation"], "finetune_top_k": 0})
+        proc = None
+        for _ in range(40):  # the head node needs a few seconds to accept drivers
+            proc = _automl("search", str(cfg), "--tracking-uri", uri, "--address", f"127.0.0.1:{port}",
+                           env=_env(ray_tmp))
+            if proc.returncode == 0 or "Could not" not in proc.stderr + proc.stdout:
+                break
+            time.sleep(1)
+        assert proc is not None and proc.returncode == 0, (proc.stderr if proc else "")[-3000:]
+        assert f"connecting to cluster at 127.0.0.1:{port}" in proc.stderr
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        _kill_leftovers(ray_tmp)
+    (parent,) = _parents(client, "cluster")
+    assert len(_children(client, parent.info.run_id, "proxy")) == 4
