@@ -51,14 +51,21 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     warmup, repeats = int(job.get("warmup", 10)), int(job.get("repeats", 50))
     rounds = max(1, min(int(job.get("rounds", 5)), repeats))
     per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
-    for s in sessions:
+    # target_ms: time each item for about this long in total (many more repeats for tiny kernels, so
+    # their medians are not noise); repeats is then the minimum.
+    target_ms = float(job.get("target_ms", 0.0))
+    scale = [1] * len(sessions)
+    for i, s in enumerate(sessions):
         if s is not None:
-            time_calls(s[0], s[1], warmup)
+            warm = time_calls(s[0], s[1], max(1, warmup))
+            if target_ms > 0:
+                t = max(sorted(warm)[len(warm) // 2], 1e-4)
+                scale[i] = max(1, min(50, int(target_ms / (t * repeats))))
     for n in per_round:
         for i, s in enumerate(sessions):
             if s is not None:
                 try:
-                    results[i]["times_ms"].extend(time_calls(s[0], s[1], n))
+                    results[i]["times_ms"].extend(time_calls(s[0], s[1], n * scale[i]))
                 except Exception as exc:
                     sessions[i] = None
                     results[i] = {"error": f"{type(exc).__name__}: {exc}"[:500]}

@@ -161,7 +161,7 @@ class AgentClient:
         for art, shape in zip(artifacts, shapes, strict=True):
             try:
                 est = self.measure(art, shape, **kwargs)
-                out.append({"median": est.ms, "p25": est.p25_ms, "p75": est.p75_ms})
+                out.append({"median": est.ms, "p25": est.p25_ms, "p75": est.p75_ms, "p10": est.p10_ms})
             except AgentError as exc:
                 if "unreachable" in str(exc):
                     raise

@@ -287,15 +287,15 @@ def compressed_kernels(skel: Skeleton, layers: Sequence[Any]) -> list[Kernel]:
 
     `layers` are `search_spaces.CompressedLayer`s (anything with their attribute names works): conv and
     linear kernels take their shapes, density, scheme and bits from them; the other kernels scale with
-    their owner layer's kept-channel ratio.
+    their owner layer's kept-channel ratio. Runs per prediction, so it avoids dataclass `replace`.
     """
     by_name = {cl.name: cl for cl in layers}
     ratio = {name: by_name[name].out_channels / d for name, d in skel.dense_out.items() if name in by_name and d}
     out = []
     for k in skel.kernels:
         cl = by_name.get(k.layer) if k.layer else None
-        p = list(k.params)
         if cl is not None and k.type in ("conv", "dwconv", "linear"):
+            p = list(k.params)
             scheme = SCHEME_CODES.get(getattr(cl, "scheme", "dense"), 0)
             density = float(getattr(cl, "density", 1.0))
             wb, ab = _bits(getattr(cl, "weight_bits", None)), _bits(getattr(cl, "act_bits", None))
@@ -308,11 +308,15 @@ def compressed_kernels(skel: Skeleton, layers: Sequence[Any]) -> list[Kernel]:
             else:
                 p[1], p[2] = cl.in_channels, cl.out_channels
                 p[4], p[5], p[6], p[7] = density, scheme, wb, ab
-        elif k.owner in ratio and k.scaled:
+            out.append(Kernel(k.type, tuple(float(v) for v in p), k.layer, k.owner, k.scaled))
+        elif k.scaled and ratio.get(k.owner, 1.0) != 1.0:
             r = ratio[k.owner]
+            p = list(k.params)
             for i in k.scaled:
-                p[i] = max(1.0, round(p[i] * r))
-        out.append(replace(k, params=tuple(p)))
+                p[i] = float(max(1.0, round(p[i] * r)))
+            out.append(Kernel(k.type, tuple(p), k.layer, k.owner, k.scaled))
+        else:
+            out.append(k)
     return out
 
 

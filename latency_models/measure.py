@@ -37,8 +37,11 @@ def _example(input_shape: Sequence[int], batch: int):
 
 def run_worker(runtime: str, artifacts: list[bytes], shapes: list[Sequence[int]], *, threads: int = 1,
                warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS, rounds: int = 5,
-               timeout_s: float = WORKER_TIMEOUT_S) -> list[dict[str, Any]]:
-    """Time artifacts in one fresh process; returns per-item {"times_ms": [...]} or {"error": ...}."""
+               target_ms: float = 0.0, timeout_s: float = WORKER_TIMEOUT_S) -> list[dict[str, Any]]:
+    """Time artifacts in one fresh process; returns per-item {"times_ms": [...]} or {"error": ...}.
+
+    target_ms > 0 raises an item's repeats (up to 50x) until it is timed for about that long in total.
+    """
     target = runtime_target(runtime)
     with tempfile.TemporaryDirectory(prefix="automl-latency-") as tmp:
         items = []
@@ -47,7 +50,7 @@ def run_worker(runtime: str, artifacts: list[bytes], shapes: list[Sequence[int]]
             path.write_bytes(art)
             items.append({"artifact": str(path), "shape": list(shape)})
         job = {"runtime_target": target, "threads": threads, "warmup": warmup, "repeats": repeats,
-               "rounds": rounds, "items": items}
+               "rounds": rounds, "target_ms": target_ms, "items": items}
         job_path = Path(tmp) / "job.json"
         job_path.write_text(json.dumps(job))
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -87,7 +90,7 @@ def to_estimate(result: dict[str, Any], *, device: str, runtime: str, batch: int
     s = summarize(result["times_ms"])
     return LatencyEstimate(ms=s["median"], std_ms=s["std"], source="measured", device=device, runtime=runtime,
                            batch=batch, threads=threads, precision=precision, p25_ms=s["p25"], p75_ms=s["p75"],
-                           repeats=int(s["n"]))
+                           repeats=int(s["n"]), p10_ms=s["p10"])
 
 
 def compare(models: Sequence[Any], input_shape: Sequence[int], *, runtime: str = "onnxruntime", batch: int = 1,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latency_models.estimate import LatencyEstimate, device_fingerprint, device_info
+from latency_models.estimate import LatencyEstimate, device_fingerprint, device_info, low_quantile
 from latency_models.kernels import Kernel, compressed_kernels, kernels_for_model, skeleton
 from latency_models.predictors import KernelPredictor, Sample
 
@@ -29,6 +29,7 @@ PROFILE_VERSION = 1
 KERNEL_MIX = (("conv", 0.45), ("dwconv", 0.12), ("linear", 0.15), ("eltwise", 0.08), ("pool", 0.04),
               ("norm", 0.04), ("softmax", 0.03), ("matmul", 0.05), ("transpose", 0.04))
 ProgressFn = Callable[[str], None]
+MIN_KERNEL_MS = 5e-4  # no runtime node costs less than ~0.5 us; below that a difference is timer noise
 
 
 class ProfileError(ValueError):
@@ -55,6 +56,10 @@ class DeviceProfile:
     predictor: KernelPredictor = field(default_factory=KernelPredictor, repr=False)
     preferred_align: int = 1
     align_gain: dict[str, float] = field(default_factory=dict)
+    #: whole random networks measured once: (their kernels, measured ms) for the context calibration
+    composites: list[tuple[list[Kernel], float]] = field(default_factory=list)
+    type_scale: dict[str, float] = field(default_factory=dict)
+    context_fit: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
@@ -65,10 +70,25 @@ class DeviceProfile:
         self.fit_error = self.predictor.fit(self.samples)
         if "conv" in self.fit_error:
             self.preferred_align, self.align_gain = _preferred_align(self.predictor)
+        self.type_scale, self.context_fit = {}, {}
+        if len(self.composites) >= 8:
+            self.type_scale, self.context_fit = _fit_context(self)
         return self
 
+    def _sum(self, kernels: Sequence[Kernel]) -> tuple[float, float]:
+        import numpy as np
+
+        ms, std = self.predictor.predict_kernels(kernels)
+        if self.type_scale:
+            scale = np.array([self.type_scale.get(k.type, 1.0) for k in kernels])
+            ms, std = ms * scale, std * scale
+        total = float(ms.sum())
+        rel = float(self.context_fit.get("cv_rel_rmse", 0.03))
+        return total, math.sqrt(float((std**2).sum()) + (rel * total) ** 2)
+
     def predict_kernels(self, kernels: Sequence[Kernel]) -> LatencyEstimate:
-        raw, std = self.predictor.predict_layers(kernels)
+        """Predicted latency of a model given as kernels: overhead + context-scaled sum, then the pair calibration."""
+        raw, std = self._sum(kernels)
         a, b = self.calibration
         ms = a * (raw + self.overhead_ms) + b
         return LatencyEstimate(ms=ms, std_ms=abs(a) * std, source="predicted", device=self.device,
@@ -76,8 +96,8 @@ class DeviceProfile:
                                precision=self.precision)
 
     def raw_ms(self, kernels: Sequence[Kernel]) -> float:
-        """The uncalibrated sum (what refit regresses measured latency on)."""
-        return self.predictor.predict_layers(kernels)[0] + self.overhead_ms
+        """The prediction before the pair calibration (what refit regresses measured latency on)."""
+        return self._sum(kernels)[0] + self.overhead_ms
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
@@ -87,7 +107,9 @@ class DeviceProfile:
                 "versions": self.versions, "created": self.created, "n_samples": self.n_samples,
                 "overhead_ms": self.overhead_ms, "calibration": list(self.calibration),
                 "preferred_align": self.preferred_align, "align_gain": self.align_gain,
-                "fit_error": self.fit_error, "samples": [s.to_list() for s in self.samples]}
+                "fit_error": self.fit_error, "type_scale": self.type_scale, "context_fit": self.context_fit,
+                "samples": [s.to_list() for s in self.samples],
+                "composites": [[[[k.type, list(k.params)] for k in ks], ms] for ks, ms in self.composites]}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -118,7 +140,8 @@ class DeviceProfile:
                       threads=int(data["threads"]), precision=data["precision"], versions=data.get("versions", {}),
                       fingerprint=data.get("fingerprint", ""), samples=[Sample.from_list(r) for r in data["samples"]],
                       overhead_ms=float(data["overhead_ms"]), calibration=tuple(data.get("calibration", (1.0, 0.0))),
-                      device_url=data.get("device_url"), created=data.get("created", ""))
+                      device_url=data.get("device_url"), created=data.get("created", ""),
+                      composites=_composites_from(data.get("composites", [])))
         profile.fit()
         return profile
 
@@ -137,8 +160,52 @@ class DeviceProfile:
         return {"device": self.device, "runtime": self.runtime, "batch": self.batch, "threads": self.threads,
                 "precision": self.precision, "n_samples": self.n_samples, "overhead_ms": round(self.overhead_ms, 4),
                 "preferred_align": self.preferred_align, "calibration": list(self.calibration),
+                "composites": len(self.composites), "context_fit": self.context_fit,
                 "fit_error": {t: {"samples": r["samples"], "cv_within_10pct": r["cv_within_10pct"]}
                               for t, r in self.fit_error.items()}}
+
+
+def _composites_from(rows: Sequence[Any]) -> list[tuple[list[Kernel], float]]:
+    return [([Kernel(t, tuple(float(v) for v in p)) for t, p in ks], float(ms)) for ks, ms in rows]
+
+
+def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per-kernel-type scale factors so that overhead + sum(scale_t * kernels_t) matches whole networks.
+
+    Relative least squares, ridge-regularised towards 1 (a type the composites barely exercise keeps
+    its isolated prediction), clipped to [0.25, 4]; 5-fold cross-validated error reported.
+    """
+    import numpy as np
+
+    types = sorted({k.type for ks, _ in profile.composites for k in ks})
+    rows, ys = [], []
+    for ks, ms in profile.composites:
+        pred, _ = profile.predictor.predict_kernels(ks)
+        rows.append([sum(p for p, k in zip(pred, ks, strict=True) if k.type == t) for t in types])
+        ys.append(ms - profile.overhead_ms)
+    S, y = np.array(rows), np.array(ys)
+    lam = 0.02
+
+    def solve(idx: np.ndarray) -> np.ndarray:
+        A = S[idx] / y[idx, None]
+        A = np.vstack([A, math.sqrt(lam * len(idx)) * np.eye(len(types))])
+        b = np.concatenate([np.ones(len(idx)), math.sqrt(lam * len(idx)) * np.ones(len(types))])
+        return np.clip(np.linalg.lstsq(A, b, rcond=None)[0], 0.25, 4.0)
+
+    everything = np.arange(len(y))
+    alpha = solve(everything)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    cv_err = np.zeros(len(y))
+    for fold in range(5):
+        test = order[fold::5]
+        train = np.setdiff1d(everything, test)
+        cv_err[test] = (S[test] @ solve(train)) / y[test] - 1
+    raw_err = S.sum(axis=1) / y - 1
+    report = {"networks": len(y), "raw_within_10pct": float(np.mean(np.abs(raw_err) <= 0.1)),
+              "cv_within_10pct": float(np.mean(np.abs(cv_err) <= 0.1)),
+              "cv_rel_rmse": float(np.sqrt(np.mean(cv_err**2)))}
+    return {t: round(float(a), 4) for t, a in zip(types, alpha, strict=True)}, report
 
 
 def _preferred_align(pred: KernelPredictor) -> tuple[int, dict[str, float]]:
@@ -166,7 +233,11 @@ def _key(runtime: str, batch: int, threads: int, precision: str, fingerprint: st
 
 def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, threads: int, precision: str,
                     device: str | None = None, seed: int = 0, repeats: int = 25) -> tuple[list[Sample], float]:
-    """Measure kernels in isolation (one timing process, interleaved) minus the runtime's per-call overhead."""
+    """Measure kernels in isolation (one timing process, interleaved) minus the runtime's per-call overhead.
+
+    Each kernel's figure is its fastest decile (`low_quantile`): the profile models the device's own
+    speed, not the other jobs that happened to share it while it was measured.
+    """
     from latency_models.measure import run_worker
     from latency_models.runtimes.base import get_runtime
     from latency_models.sampling import baseline_module, measured_params, sample_module
@@ -186,18 +257,54 @@ def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, thre
 
         results = AgentClient(device).measure_many(artifacts, shapes, runtime=rt.name, threads=threads,
                                                    precision=precision, warmup=5, repeats=repeats)
-        medians = [r.get("median") for r in results]
+        medians = [r.get("p10", r.get("median")) for r in results]
     else:
-        results = run_worker(rt.name, artifacts, shapes, threads=threads, warmup=5, repeats=repeats, rounds=3)
-        medians = [_median(r["times_ms"]) if "times_ms" in r else None for r in results]
+        results = run_worker(rt.name, artifacts, shapes, threads=threads, warmup=5, repeats=repeats, rounds=3,
+                             target_ms=40.0)
+        medians = [low_quantile(r["times_ms"]) if "times_ms" in r else None for r in results]
     if medians[0] is None:
         raise RuntimeError(f"the baseline model failed on {rt.name}: {results[0].get('error')}")
     base = medians[0]
     out = []
     for (module, shape), k, m in zip(mods[1:], kernels, medians[1:], strict=True):
         if m is not None:
-            out.append(Sample(measured_params(k, module, shape), max(1e-4, m - base)))
+            out.append(Sample(measured_params(k, module, shape), max(MIN_KERNEL_MS, m - base)))
     return out, base
+
+
+def measure_networks(rng: random.Random, n: int, *, runtime: str, batch: int, threads: int, precision: str,
+                     device: str | None = None) -> tuple[list[tuple[list[Kernel], float]], float]:
+    """Measure `n` random whole networks (interleaved, one timing process) with their traced kernels."""
+    import torch
+
+    from latency_models.kernels import trace_kernels
+    from latency_models.measure import run_worker
+    from latency_models.runtimes.base import get_runtime
+    from latency_models.sampling import baseline_module, random_network
+
+    rt = get_runtime(runtime)
+    nets = [random_network(rng) for _ in range(n)]
+    base_mod, base_shape = baseline_module(batch)
+    artifacts = [rt.export_kernel(base_mod, torch.randn(*base_shape), precision)]
+    shapes: list[tuple[int, ...]] = [base_shape]
+    for model, shape in nets:
+        artifacts.append(rt.export_kernel(model, torch.randn(batch, *shape), precision))
+        shapes.append((batch, *shape))
+    if device:
+        from latency_models.agent import AgentClient
+
+        results = AgentClient(device).measure_many(artifacts, shapes, runtime=rt.name, threads=threads,
+                                                   precision=precision, warmup=5, repeats=30)
+        medians = [r.get("p10", r.get("median")) for r in results]
+    else:
+        results = run_worker(rt.name, artifacts, shapes, threads=threads, warmup=5, repeats=30, rounds=3,
+                             target_ms=60.0)
+        medians = [low_quantile(r["times_ms"]) if "times_ms" in r else None for r in results]
+    out = []
+    for (model, shape), m in zip(nets, medians[1:], strict=True):
+        if m is not None:
+            out.append((trace_kernels(model, shape), m))
+    return out, medians[0] or 0.0
 
 
 def _median(xs: list[float]) -> float:
@@ -209,7 +316,8 @@ def _median(xs: list[float]) -> float:
 def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: int = 1, threads: int = 1,
                   precision: str = "fp32", device: str | None = None, samples_path: str | Path | None = None,
                   progress: ProgressFn | None = None, seed: int = 0, chunk: int = 24,
-                  max_samples: int | None = None) -> DeviceProfile:
+                  max_samples: int | None = None, composite_share: float = 0.3,
+                  composite_chunk: int = 6) -> DeviceProfile:
     """Sample kernel configurations, measure them within a time budget, fit, return the profile.
 
     Resumable: every measured chunk is appended to `samples_path` (JSON lines) and reused by the next
@@ -228,6 +336,7 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
     key = _key(runtime, batch, threads, precision, fingerprint)
     samples: list[Sample] = []
     baselines: list[float] = []
+    composites: list[tuple[list[Kernel], float]] = []
     side = Path(samples_path) if samples_path else None
     if side and side.is_file():
         for line in side.read_text().splitlines():
@@ -236,15 +345,18 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
             except json.JSONDecodeError:
                 continue  # a line cut by an interrupt
             if row.get("key") == key:
-                samples.extend(Sample.from_list(r) for r in row["samples"])
+                samples.extend(Sample.from_list(r) for r in row.get("samples", []))
+                composites.extend(_composites_from(row.get("composites", [])))
                 baselines.append(row["baseline_ms"])
         if samples and progress:
             progress(f"profile: reusing {len(samples)} measured samples from {side}")
-    rng = random.Random(seed * 7919 + len(samples))
+    rng = random.Random(seed * 7919 + len(samples) + 104729 * len(composites))
     prior = zoo_prior()
     types, weights = zip(*KERNEL_MIX, strict=True)
-    deadline = time.monotonic() + minutes * 60.0
-    while time.monotonic() < deadline and (max_samples is None or len(samples) < max_samples):
+    start = time.monotonic()
+    deadline = start + minutes * 60.0
+    kernel_deadline = start + minutes * 60.0 * (1.0 - composite_share)
+    while time.monotonic() < kernel_deadline and (max_samples is None or len(samples) < max_samples):
         ks = [random_kernel(rng, prior, [rng.choices(types, weights)[0]]) for _ in range(chunk)]
         got, base = measure_kernels(ks, runtime=runtime, batch=batch, threads=threads, precision=precision,
                                     device=device, seed=rng.randrange(1 << 30))
@@ -258,6 +370,19 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
             left = max(0.0, deadline - time.monotonic())
             progress(f"profile: {len(samples)} kernel samples measured on {runtime} (batch {batch}, "
                      f"{threads} thread(s)); {left:.0f} s left")
+    while time.monotonic() < deadline and composite_share > 0:
+        got_c, base = measure_networks(rng, composite_chunk, runtime=runtime, batch=batch, threads=threads,
+                                       precision=precision, device=device)
+        composites.extend(got_c)
+        baselines.append(base)
+        if side:
+            with side.open("a") as f:
+                f.write(json.dumps({"key": key, "baseline_ms": base, "composites": [
+                    [[[k.type, list(k.params)] for k in ks], ms] for ks, ms in got_c]}) + "\n")
+        if progress:
+            left = max(0.0, deadline - time.monotonic())
+            progress(f"profile: {len(composites)} whole random networks measured for the context calibration; "
+                     f"{left:.0f} s left")
     if not samples:
         raise ProfileError("no kernel was measured: give the profiler more time (--minutes)")
     if progress:
@@ -265,7 +390,7 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
     profile = DeviceProfile(device=info["device"], runtime=runtime, batch=batch, threads=threads,
                             precision=precision, versions=info["versions"], fingerprint=fingerprint,
                             samples=samples, overhead_ms=_median(baselines), device_url=device,
-                            created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                            created=time.strftime("%Y-%m-%dT%H:%M:%S"), composites=composites)
     return profile.fit()
 
 

@@ -277,3 +277,37 @@ def channel_sweep(channels: Sequence[int] = tuple(range(56, 73)), hw: int = 14, 
     """c->c 3x3 convs across a multiple of 8: the step a predictor must reproduce (GUIDE §2)."""
     return [Kernel("conv", (float(c), float(c), float(k), 1.0, float(hw), float(hw), 1.0, 1.0, 1.0, 0.0, 32.0, 32.0))
             for c in channels]
+
+
+# ------------------------------------------------------------------------------ composite networks
+def random_network(rng: random.Random) -> tuple[nn.Module, tuple[int, int, int]]:
+    """A random-width network of one of the zoo's block families, for the context calibration.
+
+    Kernels timed alone miss what a runtime does between them (layout reorders kept across a chain of
+    convs, ops fused across kernels, glue such as concat/slice): whole random networks measured once
+    let the profile learn a per-kernel-type correction. Widths and depths are drawn at random, so
+    these are not the zoo's models.
+    """
+    from automl.models.mobilenetv2 import MobileNetV2
+    from automl.models.resnet import CifarResNet
+    from automl.models.vgg import VGG
+    from automl.models.vit import VisionTransformer
+
+    shape = rng.choice(((1, 28, 28), (3, 32, 32)))
+    family = rng.choice(("resnet", "vgg", "mobilenet", "vit"))
+    if family == "resnet":
+        model = CifarResNet(rng.choice((8, 14, 20)), shape[0], 10, width=rng.randint(3, 24))
+    elif family == "vgg":
+        a, b, c = (rng.randint(4, 160) for _ in range(3))
+        model = VGG((a, a, "M", b, b, "M", c, c, "M"), shape[0], 10, hidden=rng.randint(16, 320))
+    elif family == "mobilenet":
+        settings = tuple((t, c, rng.choice((1, 1, 2)), s) for t, c, n, s in
+                         ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2)))
+        model = MobileNetV2(shape[0], 10, width_mult=rng.uniform(0.2, 0.8), settings=settings,
+                            last_channels=rng.choice((320, 640, 1280)))
+    else:
+        heads = rng.choice((1, 2, 4))
+        dim = heads * rng.randint(4, 24)
+        model = VisionTransformer(shape[0], 10, image_size=shape[1], dim=dim, depth=rng.randint(1, 4),
+                                  heads=heads, mlp_dim=rng.randint(16, 256))
+    return model.eval(), shape

@@ -7,7 +7,9 @@ For each runtime and batch: build (or reuse, cached under --profile-dir) a devic
 samples only, then draw random policies on every zoo model (channel pruning with random align 1/4/8/16,
 so odd channel counts occur; some unstructured / N:M layers, masked at the dense shape), apply them with
 search_spaces.apply_policy, measure each compressed model (all policies of one model interleaved in one
-timing process) and predict it with predict_policy. Reports the share within ±10%, RMSE, Spearman rank
+timing process) and predict it with predict_policy. "Measured" is each model's fastest decile of
+per-call times (profiles fit the same statistic): on this shared 2-core machine (load average ~10 while
+recorded) the median is moved by other jobs' preemptions; the share against the median is reported too. Reports the share within ±10%, RMSE, Spearman rank
 correlation and the predictor's cost vs the measurement's. onnxruntime models are exported with the
 TorchScript exporter here (same executed kernels as the dynamo export, 100x faster to produce).
 """
@@ -78,8 +80,9 @@ def run(runtime: str, batch: int, args) -> dict:
             cost = time.perf_counter() - t1
             kern = policy_kernels(space, p)
             chans = [k.params[1] for k in kern if k.type == "conv"]
-            rows.append({"model": name, "policy": i, "measured_ms": m.ms, "predicted_ms": est.ms,
-                         "std_ms": est.std_ms, "rel_err": est.ms / m.ms - 1, "predict_s": cost,
+            rows.append({"model": name, "policy": i, "measured_ms": m.p10_ms, "measured_median_ms": m.ms,
+                         "predicted_ms": est.ms, "std_ms": est.std_ms, "rel_err": est.ms / m.p10_ms - 1,
+                         "rel_err_median": est.ms / m.ms - 1, "predict_s": cost,
                          "measure_s": measure_s, "odd_channels": sum(c % 8 != 0 for c in chans)})
         print(f"{runtime} b{batch} {name}: " + ", ".join(f"{r['measured_ms']:.3f}/{r['predicted_ms']:.3f}"
                                                            for r in rows if r["model"] == name), file=sys.stderr)
@@ -100,6 +103,7 @@ def run(runtime: str, batch: int, args) -> dict:
             "profile_samples": profile.n_samples, "preferred_align": profile.preferred_align,
             "n": len(rows), "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
             "within_20pct": float(np.mean(np.abs(err) <= 0.20)),
+            "within_10pct_vs_median": float(np.mean([abs(r["rel_err_median"]) <= 0.10 for r in rows])),
             "rmse_ms": float(np.sqrt(np.mean((pred - meas) ** 2))), "rel_rmse": float(np.sqrt(np.mean(err**2))),
             "spearman": spearman(pred, meas),
             "per_model_within_10pct": {n: float(np.mean([abs(r["rel_err"]) <= 0.1 for r in rows if r["model"] == n]))
@@ -127,7 +131,8 @@ def main() -> None:
             res = run(runtime, batch, args)
             results.append(res)
             print(f"{runtime} batch {batch}: {res['within_10pct'] * 100:.0f}% within ±10% "
-                  f"({res['within_20pct'] * 100:.0f}% within ±20%), RMSE {res['rmse_ms']:.3f} ms "
+                  f"({res['within_20pct'] * 100:.0f}% within ±20%; vs the median "
+                  f"{res['within_10pct_vs_median'] * 100:.0f}% within ±10%), RMSE {res['rmse_ms']:.3f} ms "
                   f"(rel {res['rel_rmse'] * 100:.0f}%), Spearman {res['spearman']:.3f}, n={res['n']}; "
                   f"predict {res['predict_ms_fresh']:.2f} ms fresh / {res['predict_ms_memo']:.3f} ms memo vs "
                   f"measure {res['measure_s_per_model']:.2f} s per model; per model "
