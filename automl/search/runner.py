@@ -19,6 +19,7 @@ import os
 import pickle
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class SearchResult:
     best: dict[str, Any] | None = None
     dense: dict[str, float] = field(default_factory=dict)
     status: str = "finished"
+    trial_seconds: float | None = None  # wall time of the Ray trial phase (throughput benchmarks)
 
 
 def _eprint(message: str) -> None:
@@ -87,6 +89,7 @@ class SearchRunner:
         self.parent_run_id = parent_run_id
         self.address = address if address is not None else config.ray.address
         self.print = printer
+        self.trial_seconds: float | None = None
 
     # ------------------------------------------------------------------ setup
     def _base_model(self):
@@ -218,7 +221,11 @@ class SearchRunner:
                                   best=_best_of(done))
         candidates = list(done)
         if remaining > 0:
+            t0 = time.perf_counter()
             candidates += self._run_trials(tracker, agent, ctx, remaining, len(done), state_dir, progress)
+            seconds = time.perf_counter() - t0
+            self.trial_seconds = seconds
+            tracker.log_parent_metrics({"trials_seconds": seconds, "candidates_per_minute": 60 * remaining / seconds})
         else:
             self.print("all candidates already evaluated; going straight to fine-tuning")
 
@@ -384,7 +391,7 @@ class SearchRunner:
         tracker.finish_parent("finished")
         return SearchResult(search_id=search_id, tracking_uri=self.tracking_uri,
                             experiment_id=tracker.experiment_id, candidates=candidates, finetuned=finetuned,
-                            best=best, dense=dense)
+                            best=best, dense=dense, trial_seconds=self.trial_seconds)
 
 
 def deployable(model):
