@@ -16,13 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# this file is named like the `agents` package: keep its folder off the import path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from agents import AGENTS, Budget, CostModel, Observation, make_agent
-from automl.data import load_dataset
-from automl.evaluation import ProxyEvaluator, finetune_and_test
-from automl.training import train_or_load
-from search_spaces import SearchSpace, SpaceConfig
+import torch  # noqa: E402
+
+from agents import AGENTS, Budget, CostModel, Observation, make_agent  # noqa: E402
+from automl.data import load_dataset  # noqa: E402
+from automl.evaluation import ProxyEvaluator, finetune_and_test  # noqa: E402
+from automl.training import train_or_load  # noqa: E402
+from search_spaces import SearchSpace, SpaceConfig  # noqa: E402
 
 
 def agent_options(name: str, evals: int) -> dict:
