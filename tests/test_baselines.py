@@ -65,13 +65,13 @@ def test_reconstruction_beats_plain_pruning(trained, fmnist_small, scheme):
     s = fmnist_small
     base = evaluate(trained, s.x_test, s.y_test)
     if scheme == "unstructured":
-        policy = uniform(trained, "unstructured", 0.25, SHAPE, model_name="resnet20")
+        policy = uniform(trained, "unstructured", 0.5, SHAPE, model_name="resnet20")
     else:
-        policy = uniform(trained, "nm", 0.25, SHAPE, model_name="resnet20", nm=(1, 4))
+        policy = uniform(trained, "nm", 0.5, SHAPE, model_name="resnet20", nm=(2, 4))
     compressed = apply_policy(trained, policy, s.x_test[:1])
     plain = evaluate(compressed.model, s.x_test, s.y_test)
     zeros_before = {n: (m == 0) for n, m in compressed.masks.items()}
-    result = reconstruct(compressed.model, trained, s.x_train[:512], masks=compressed.masks)
+    result = reconstruct(compressed.model, trained, s.x_train[:256], masks=compressed.masks)
     recon = evaluate(compressed.model, s.x_test, s.y_test)
     assert len(result.reconstructed) >= 15
     for name in result.reconstructed:

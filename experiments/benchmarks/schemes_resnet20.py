@@ -38,11 +38,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="base model epochs (checkpoint key)")
     ap.add_argument("--train-limit", type=int, default=10000,
                     help="base model training images (checkpoint key; 0 = all 60k)")
-    ap.add_argument("--finetune-limit", type=int, default=10000, help="training images for the 1-epoch fine-tune")
+    ap.add_argument("--finetune-limit", type=int, default=5000, help="training images for the 1-epoch fine-tune")
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--test-limit", type=int, default=2000)
     ap.add_argument("--calib", type=int, default=512, help="calibration images for reconstruction")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="1: OpenMP barriers crawl on shared cores")
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
