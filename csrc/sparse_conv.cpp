@@ -262,10 +262,14 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& idx, const at::Tens
                 std::memcpy(drow + padding, srow, w * sizeof(float));
                 std::memset(drow + padding + w, 0, (wq - padding - w) * sizeof(float));
               } else {
-                for (int64_t col = 0; col < wq; ++col) {
-                  const int64_t src_c = col * s + pb - padding;
-                  drow[col] = (src_c >= 0 && src_c < w) ? srow[src_c] : 0.f;
-                }
+                // columns whose source col * s + pb - padding lies inside the row; zeros either side
+                const int64_t lo = std::min<int64_t>(wq, std::max<int64_t>(0, (padding - pb + s - 1) / s));
+                const int64_t last = w - 1 + padding - pb;  // floor division: a negative value means no column
+                const int64_t hi = last < 0 ? lo : std::max<int64_t>(lo, std::min<int64_t>(wq, last / s + 1));
+                std::fill(drow, drow + lo, 0.f);
+                const float* src = srow + (lo * s + pb - padding);
+                for (int64_t col = lo; col < hi; ++col) drow[col] = src[(col - lo) * s];
+                std::fill(drow + hi, drow + wq, 0.f);
               }
             }
           }

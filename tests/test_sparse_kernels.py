@@ -111,6 +111,18 @@ def test_edge_tiles_on_model_shapes(isa, hw):
         assert _rel_err(y, F.relu(F.conv2d(x, w, None, s, k // 2))) <= 1e-5
 
 
+@pytest.mark.parametrize("k, stride, padding, h, w", [(3, 3, 1, 1, 1), (3, 2, 1, 1, 2), (5, 3, 2, 2, 1),
+                                                      (3, 3, 2, 1, 4), (3, 2, 0, 5, 3)])
+def test_strided_inputs_smaller_than_a_phase(isa, k, stride, padding, h, w):
+    """Phase planes whose rows hold no input column at all (the gather must not read past a row)."""
+    gen = torch.Generator().manual_seed(7)
+    wt = torch.randn(5, 3, k, k, generator=gen)
+    x = torch.randn(1, 3, h, w, generator=gen)
+    idx, vals, ptr = OPS.pack(wt, 4)
+    y = OPS.conv2d(x, idx, vals, ptr, None, 5, k, k, stride, padding, 4, 0)
+    assert _rel_err(y, F.conv2d(x, wt, None, stride, padding)) <= 1e-5
+
+
 def test_pack_stores_one_entry_per_nonzero_block():
     w = torch.zeros(8, 3, 1, 1)
     w[0:4, 1] = 1.0  # one full 1x4 block
@@ -222,7 +234,9 @@ def test_convert_model_keeps_outputs(name):
     _block_sparse_(model, 0.75)
     converted = convert_model(model)
     layers = sparse_layers(converted)
-    assert layers and all("n=4" in d for d in layers.values())
+    kernels = dict(converted.named_modules())
+    assert layers and all("n=4" in d or kernels[name].in_channels == kernels[name].out_channels == int(
+        kernels[name].idx.numel() / 9) for name, d in layers.items())  # depthwise: N=1, 9 taps per channel
     assert not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
     if name == "resnet20":  # the ReLU after each block's first conv is fused into the kernel
         assert any("act=1" in d for d in layers.values())
@@ -234,6 +248,17 @@ def test_convert_model_keeps_outputs(name):
     buf.seek(0)
     with torch.no_grad():
         assert torch.equal(torch.load(buf, weights_only=False)(x), converted(x))
+
+
+@pytest.mark.parametrize("stride, hw", [(1, 9), (2, 8), (2, 7)])
+def test_depthwise_conv_on_the_kernels(isa, stride, hw):
+    conv = nn.Conv2d(12, 12, 3, stride, 1, groups=12).eval()
+    with torch.no_grad():
+        conv.weight[3] = 0  # a pruned channel kernel
+    sparse = SparseConv2d.depthwise(conv, act="relu6")
+    x = torch.randn(2, 12, hw, hw)
+    with torch.no_grad():
+        assert _rel_err(sparse(x), F.relu6(conv(x))) <= 1e-5
 
 
 def test_convert_model_leaves_dense_layers_dense():
