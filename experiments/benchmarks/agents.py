@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight bit-widths the space offers ('none' = float)")
     p.add_argument("--act-bits", nargs="+", default=["none", "8"])
     p.add_argument("--finetune-epochs", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="base model / data seed")
+    p.add_argument("--agent-seed", type=int, default=None, help="agents' seed (default: --seed)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.agents:
         print(f"agent {name}", file=sys.stderr, flush=True)
-        r = run_agent(name, space, budget, evaluator, args.evals, args.seed)
+        agent_seed = args.seed if args.agent_seed is None else args.agent_seed
+        r = run_agent(name, space, budget, evaluator, args.evals, agent_seed)
         if r["best_policy"] is not None:
             from automl.policy import CompressionPolicy
 
