@@ -115,18 +115,26 @@ class _FlatBoost:
             self.right[i, :c] = np.where(internal, t.children_right[:c], idx)
             self.value[i, :c] = t.value[:c, 0, 0]
         self.depth = max(t.max_depth for t in trees)
-        self.rows = np.arange(n)[:, None]
         self.scale = float(model.learning_rate)
         self.init = float(np.ravel(model.init_.constant_)[0])
+        # flat views: node ids become offsets into one array per field (1-D `take` is the fast path)
+        offset = (np.arange(n) * width)[:, None]
+        self.f_feature = self.feature.ravel()
+        self.f_threshold = self.threshold.ravel()
+        self.f_left = (self.left + offset).ravel()
+        self.f_right = (self.right + offset).ravel()
+        self.f_value = self.value.ravel()
+        self.roots = offset[:, 0]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        node = np.zeros((self.feature.shape[0], X.shape[0]), dtype=np.intp)
-        cols = np.arange(X.shape[0])[None, :]
+        n_samples, n_features = X.shape
+        flat_x = X.ravel()
+        node = np.repeat(self.roots[:, None], n_samples, axis=1)
+        base = (np.arange(n_samples) * n_features)[None, :]
         for _ in range(self.depth):
-            f = self.feature[self.rows, node]
-            go_left = X[cols, f] <= self.threshold[self.rows, node]
-            node = np.where(go_left, self.left[self.rows, node], self.right[self.rows, node])
-        return self.init + self.scale * self.value[self.rows, node].sum(axis=0)
+            go_left = flat_x.take(base + self.f_feature.take(node)) <= self.f_threshold.take(node)
+            node = np.where(go_left, self.f_left.take(node), self.f_right.take(node))
+        return self.init + self.scale * self.f_value.take(node).sum(axis=0)
 
 
 class KernelPredictor(LatencyPredictor):

@@ -80,7 +80,7 @@ class DeviceProfile:
 
         ms, std = self.predictor.predict_kernels(kernels)
         if self.type_scale:
-            scale = np.array([self.type_scale.get(k.type, 1.0) for k in kernels])
+            scale = np.array([self.type_scale.get(context_key(k), 1.0) for k in kernels])
             ms, std = ms * scale, std * scale
         total = float(ms.sum())
         rel = float(self.context_fit.get("cv_rel_rmse", 0.03))
@@ -165,6 +165,17 @@ class DeviceProfile:
                               for t, r in self.fit_error.items()}}
 
 
+def context_key(k: Kernel) -> str:
+    """The context group of a kernel: its type, split by 8-alignment for convs (in a chain of aligned
+    convs onnxruntime keeps the blocked NCHWc layout between them, so they lose the reorders an
+    isolated sample pays; unaligned ones do not)."""
+    if k.type == "conv":
+        return "conv/a8" if k.params[0] % 8 == 0 and k.params[1] % 8 == 0 else "conv/u"
+    if k.type == "dwconv":
+        return "dwconv/a8" if k.params[0] % 8 == 0 else "dwconv/u"
+    return k.type
+
+
 def _composites_from(rows: Sequence[Any]) -> list[tuple[list[Kernel], float]]:
     return [([Kernel(t, tuple(float(v) for v in p)) for t, p in ks], float(ms)) for ks, ms in rows]
 
@@ -177,11 +188,11 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
     """
     import numpy as np
 
-    types = sorted({k.type for ks, _ in profile.composites for k in ks})
+    types = sorted({context_key(k) for ks, _ in profile.composites for k in ks})
     rows, ys = [], []
     for ks, ms in profile.composites:
         pred, _ = profile.predictor.predict_kernels(ks)
-        rows.append([sum(p for p, k in zip(pred, ks, strict=True) if k.type == t) for t in types])
+        rows.append([sum(p for p, k in zip(pred, ks, strict=True) if context_key(k) == t) for t in types])
         ys.append(ms - profile.overhead_ms)
     S, y = np.array(rows), np.array(ys)
     lam = 0.02

@@ -310,4 +310,25 @@ def random_network(rng: random.Random) -> tuple[nn.Module, tuple[int, int, int]]
         dim = heads * rng.randint(4, 24)
         model = VisionTransformer(shape[0], 10, image_size=shape[1], dim=dim, depth=rng.randint(1, 4),
                                   heads=heads, mlp_dim=rng.randint(16, 256))
+    if family != "vit" and rng.random() < 0.5:
+        model = _randomly_pruned(model, shape, rng)
     return model.eval(), shape
+
+
+def _randomly_pruned(model: nn.Module, shape: tuple[int, int, int], rng: random.Random) -> nn.Module:
+    """Channel-prune a random network layer by layer (random ratio and align 1..16), so the context
+    calibration also sees chains mixing aligned and unaligned channel counts."""
+    try:
+        from search_spaces import SearchSpace, apply_policy
+    except ImportError:  # the compression engine is optional here
+        return model
+    try:
+        space = SearchSpace.from_model(model, "random-network", shape)
+        choices = {}
+        for lc in space.layers:
+            if "channel" in lc.schemes and rng.random() < 0.7:
+                choices[lc.layer.name] = {"scheme": "channel", "align": rng.choice(lc.aligns),
+                                          "sparsity": rng.choice([s for s in lc.sparsities if 0 < s <= 0.7] or [0.0])}
+        return apply_policy(model, space.decode(choices), torch.zeros(1, *shape)).model
+    except Exception:  # a random width the pruner cannot honour: keep the network as it is
+        return model

@@ -130,14 +130,15 @@ def prune_blocks_(model: nn.Module, sparsity: float, n: int = 4) -> nn.Module:
     return model
 
 
-def bench_e2e(resolutions: list[int], batches: list[int], rounds: int, repeats: int) -> list[dict]:
+def bench_e2e(resolutions: list[int], batches: list[int], rounds: int, repeats: int,
+              models: list[str]) -> list[dict]:
     from automl.models import build_model
     from latency_models import compare, register_runtime
 
     # the eager variant is not in the registry (the runtime compiles); the timing worker resolves it by path
     register_runtime("sparse-cpu-eager", "latency_models.sparse_kernels.runtime:SparseCpuEagerRuntime")
     rows = []
-    for name in ("resnet20", "mobilenetv2"):
+    for name in models:
         for res in resolutions:
             torch.manual_seed(0)
             dense = build_model(name, in_channels=1, num_classes=10, image_size=res).eval()
@@ -172,12 +173,13 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=20, help="layers: calls per variant per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=100, help="e2e: timed calls per measurement")
+    p.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"], help="e2e: zoo models")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.part == "layers":
         rows = bench_layers(args.res, args.threads, args.reps, args.rounds)
     else:
-        rows = bench_e2e(args.res, args.batches, max(1, args.rounds), args.repeats)
+        rows = bench_e2e(args.res, args.batches, max(1, args.rounds), args.repeats, args.models)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     return 0
