@@ -92,3 +92,68 @@ def test_apply_wrong_model_and_missing_checkpoint(checkpoint, tmp_path):
     proc = _run(["apply", str(path), "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")],
                 tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+CHECK_SPARSE_ARTIFACT = """
+import sys, torch
+torch.set_num_threads(1)
+sparse = torch.load(sys.argv[1], weights_only=False).eval()
+masked = torch.load(sys.argv[2], weights_only=False)["model"].eval()
+kinds = sorted({type(m).__name__ for m in sparse.modules() if 'Sparse' in type(m).__name__})
+x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    ref, got = masked(x), sparse(x)
+print(kinds, float((got - ref).norm() / ref.norm()))
+"""
+
+
+def test_apply_writes_the_sparse_cpu_model_and_its_kernel_map(checkpoint, tmp_path):
+    policy = CompressionPolicy("resnet20", layers={
+        "layer1.0.conv1": LayerDecision("block1xn", sparsity=0.75, n=4),   # 1x4 blocks -> N=4
+        "layer2.1.conv2": LayerDecision("block1xn", sparsity=0.6, n=8),    # 1x8 blocks run as 1x4
+        "layer3.0.conv1": LayerDecision("unstructured", sparsity=0.8),     # no blocks -> N=1
+        "layer3.1.conv1": LayerDecision("unstructured", sparsity=0.3),     # too dense to pay: stays dense
+        "layer2.0.shortcut.0": LayerDecision("block_punched", sparsity=0.75, block=(4, 4)),  # rows of 4
+    })
+    path = policy.save(tmp_path / "p.json")
+    out = tmp_path / "o"
+    proc = _run(["apply", str(path), "--checkpoint", str(checkpoint), "--out", str(out), "--runtime", "sparse-cpu",
+                 "--test-limit", "50", "--limit", "100", "--format", "json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    layers = report["runtime"]["layers"]
+    assert layers["layer1.0.conv1"]["kernel"] == "sparse N=4"
+    assert layers["layer2.1.conv2"]["kernel"] == "sparse N=4"
+    assert layers["layer2.0.shortcut.0"]["kernel"] == "sparse N=4"
+    assert layers["layer3.0.conv1"]["kernel"] == "sparse N=1"
+    assert layers["layer3.1.conv1"]["kernel"] == "dense" and "< 0.75 needed for N=1" in layers["layer3.1.conv1"]["why"]
+    assert layers["layer1.1.conv1"]["kernel"] == "dense" and layers["fc"]["kernel"] == "dense"
+    assert report["runtime"]["max_rel_err"] <= 1e-4
+    sparse_file = out / "model.sparse-cpu.pt"
+    assert report["files"]["runtime:sparse-cpu"] == str(sparse_file) and sparse_file.is_file()
+    # a fresh process: the pickled model loads (registering the kernels itself) and matches the masked one
+    check = subprocess.run([sys.executable, "-c", CHECK_SPARSE_ARTIFACT, str(sparse_file), str(out / "model.pt")],
+                           cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                           text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-3000:]
+    kinds, rel = check.stdout.strip().rsplit(" ", 1)
+    assert "SparseConv2d" in kinds and float(rel) <= 1e-4
+
+    text = _run(["apply", str(path), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "t"), "--runtime",
+                 "sparse-cpu", "--test-limit", "50", "--limit", "100"], tmp_path)
+    assert text.returncode == 0, text.stderr[-2000:]
+    assert "sparse N=4" in text.stdout and "model.sparse-cpu.pt" in text.stdout
+
+
+@pytest.mark.parametrize("runtime, policy_layers, message", [
+    ("no-such-runtime", {}, "unknown runtime 'no-such-runtime'"),
+    ("sparse-cpu", {"layer1.0.conv1": {"scheme": "unstructured", "sparsity": 0.8, "weight_bits": 8}},
+     "runs float32 kernels"),
+])
+def test_apply_runtime_errors_are_one_line(checkpoint, tmp_path, runtime, policy_layers, message):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"schema_version": 1, "model": "resnet20", "layers": policy_layers}))
+    proc = _run(["apply", str(path), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+                 "--runtime", runtime], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]

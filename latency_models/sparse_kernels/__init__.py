@@ -16,7 +16,7 @@ from typing import Any
 _EXPORTS = {
     "BuildError": "build", "build_dir": "build", "load": "build",
     "MIN_SPARSITY": "modules", "SparseConv2d": "modules", "SparseLinear": "modules", "block_fill": "modules",
-    "choose_block": "modules", "convert_model": "modules", "sparse_layers": "modules",
+    "choose_block": "modules", "convert_model": "modules", "plan_layer": "modules", "sparse_layers": "modules",
     "SparseCpuRuntime": "runtime",
 }
 __all__ = sorted(_EXPORTS)

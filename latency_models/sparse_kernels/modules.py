@@ -254,6 +254,43 @@ def _fuse_activations(model: nn.Module) -> None:
         model.recompile()
 
 
+def _is_plain_depthwise(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv2d) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels and module.dilation == (1, 1)
+            and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+            and module.padding[0] == module.padding[1] and module.stride[0] == module.stride[1])
+
+
+def plan_layer(module: nn.Module, min_sparsity: float | None = None,
+               depthwise: bool = True) -> tuple[str, int, str]:
+    """What `convert_model` does with one module: (action, block height, why).
+
+    action is "depthwise" (runs on the kernels, block-diagonal), "sparse" (swapped, block height n),
+    "dense" (a conv/linear the kernels could run but that stays on torch's dense kernel) or "other"
+    (not a conv/linear). One function decides for `convert_model` and for the reports of `automl apply`,
+    so a report can never disagree with the converted model.
+    """
+    if depthwise and _is_plain_depthwise(module):
+        return "depthwise", 1, "depthwise conv: the kernels' block-diagonal path (N=1)"
+    if isinstance(module, nn.Conv2d):
+        problem = unsupported_conv(module)
+        if problem is not None:
+            return "dense", 1, f"the kernels cannot run it: {problem}"
+    elif isinstance(module, nn.Linear):
+        if module.weight.dtype != torch.float32:
+            return "dense", 1, f"dtype {module.weight.dtype} (float32 only)"
+    else:
+        return "other", 1, "not a conv or linear layer"
+    n = choose_block(module.weight)
+    need = MIN_SPARSITY[n] if min_sparsity is None else min_sparsity
+    s = sparsity(module.weight)
+    if s >= need:
+        return "sparse", n, f"sparsity {s:.3f} >= {need:.2f} (N={n})"
+    if s == 0.0:
+        return "dense", 1, "no zeros"
+    return "dense", n, f"sparsity {s:.3f} < {need:.2f} needed for N={n}: the dense kernel is as fast"
+
+
 def convert_model(model: nn.Module, min_sparsity: float | None = None, inplace: bool = False,
                   fuse_activations: bool = True, depthwise: bool = True) -> nn.Module:
     """Swap masked convs/linears for sparse-kernel modules where the kernel is expected to pay.
@@ -263,24 +300,19 @@ def convert_model(model: nn.Module, min_sparsity: float | None = None, inplace: 
     when its sparsity reaches `min_sparsity` (default: per block height, `MIN_SPARSITY`). Depthwise convs
     (dense or not) run on the kernels too when `depthwise` (torch's batch-1 depthwise path is slow here);
     other grouped convs stay dense. Returns an eval-mode model (an fx GraphModule when the model traces).
+    The decision per layer is `plan_layer`'s.
     """
     load()
     model = (model if inplace else copy.deepcopy(model)).eval()
     model = _fold_bn(model)
     for name, module in list(model.named_modules()):
-        if (depthwise and isinstance(module, nn.Conv2d) and module.groups > 1
-                and module.groups == module.in_channels == module.out_channels and module.dilation == (1, 1)
-                and module.padding_mode == "zeros" and not isinstance(module.padding, str)
-                and module.padding[0] == module.padding[1] and module.stride[0] == module.stride[1]):
+        action, n, _ = plan_layer(module, min_sparsity, depthwise)
+        if action == "depthwise":
             _set_submodule(model, name, SparseConv2d.depthwise(module))
-        elif isinstance(module, nn.Conv2d) and unsupported_conv(module) is None:
-            n = choose_block(module.weight)
-            if sparsity(module.weight) >= (MIN_SPARSITY[n] if min_sparsity is None else min_sparsity):
-                _set_submodule(model, name, SparseConv2d.from_dense(module, n=n))
-        elif isinstance(module, nn.Linear) and module.weight.dtype == torch.float32:
-            n = choose_block(module.weight)
-            if sparsity(module.weight) >= (MIN_SPARSITY[n] if min_sparsity is None else min_sparsity):
-                _set_submodule(model, name, SparseLinear.from_dense(module, n=n))
+        elif action == "sparse" and isinstance(module, nn.Conv2d):
+            _set_submodule(model, name, SparseConv2d.from_dense(module, n=n))
+        elif action == "sparse":
+            _set_submodule(model, name, SparseLinear.from_dense(module, n=n))
     if fuse_activations:
         _fuse_activations(model)
     if isinstance(model, torch.fx.GraphModule):
