@@ -39,6 +39,8 @@ class DatasetConfig(_Strict):
 class AgentConfig(_Strict):
     name: str = "random"
     options: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = Field(None, description="the agent's seed; default: the top-level seed (which also "
+                                               "seeds the base model and the data splits)")
 
 
 class BudgetConfig(_Strict):

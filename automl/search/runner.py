@@ -79,7 +79,7 @@ class SearchRunner:
 
     def __init__(self, config: SearchConfig, *, tracking_uri: str | None = None, name: str | None = None,
                  resume: bool = False, parent_run_id: str | None = None, address: str | None = None,
-                 printer: Printer = _eprint):
+                 printer: Printer = _eprint, extra_tags: dict[str, str] | None = None):
         from automl.tracking import default_tracking_uri
 
         self.config = config
@@ -89,6 +89,7 @@ class SearchRunner:
         self.parent_run_id = parent_run_id
         self.address = address if address is not None else config.ray.address
         self.print = printer
+        self.extra_tags = dict(extra_tags or {})  # e.g. mlflow.parentRunId: nest the search under a benchmark run
         self.trial_seconds: float | None = None
 
     # ------------------------------------------------------------------ setup
@@ -112,11 +113,19 @@ class SearchRunner:
         from latency_models import DeviceProfile, get_or_build_profile
 
         if cfg.profile:
-            return DeviceProfile.load(cfg.profile)
-        self.print(f"latency profile: {cfg.runtime}, batch {cfg.batch}, {cfg.threads} thread(s) "
+            profile = DeviceProfile.load(cfg.profile)
+            want = (cfg.runtime, cfg.batch, cfg.threads, cfg.precision)
+            have = (profile.runtime, profile.batch, profile.threads, profile.precision)
+            if want != have:
+                raise SearchError(f"latency.profile {cfg.profile} is for runtime {have[0]} {have[3]}, batch {have[1]}, "
+                                  f"{have[2]} thread(s), but the config asks for {want[0]} {want[3]}, batch {want[1]}, "
+                                  f"{want[2]} thread(s); build a matching one with 'automl latency profile' or drop "
+                                  "latency.profile to use the cached one")
+            return profile
+        self.print(f"latency profile: {cfg.runtime} {cfg.precision}, batch {cfg.batch}, {cfg.threads} thread(s) "
                    f"(built once per machine, cached)")
         return get_or_build_profile(cfg.runtime, minutes=cfg.profile_minutes, batch=cfg.batch, threads=cfg.threads,
-                                    device=cfg.device, progress=self.print)
+                                    precision=cfg.precision, device=cfg.device, progress=self.print)
 
     def _measure(self, model, input_shape):
         """Measured latency (a LatencyEstimate) on the configured runtime, in a separate process."""
@@ -149,7 +158,8 @@ class SearchRunner:
         else:
             tracker.start_parent(self.name, tags={"automl.model": cfg.model.name, "automl.dataset": cfg.dataset.name,
                                                   "automl.agent": cfg.agent.name, "automl.runtime": cfg.latency.runtime,
-                                                  "automl.device": cfg.latency.device or "local"},
+                                                  "automl.device": cfg.latency.device or "local",
+                                                  **self.extra_tags},
                                  params=cfg.flat_params())
         search_id = tracker.parent_id
         state_dir = state_dir_for(search_id)
@@ -245,7 +255,8 @@ class SearchRunner:
                 return pickle.loads(pickled.read_bytes())
             except Exception as exc:  # an unreadable pickle falls back to replaying MLflow history
                 self.print(f"warning: cannot restore the agent state ({exc}); replaying {len(done)} results")
-        agent = make_agent(cfg.agent.name, space, budget, cost_model, seed=cfg.seed, **cfg.agent.options)
+        seed = cfg.seed if cfg.agent.seed is None else cfg.agent.seed
+        agent = make_agent(cfg.agent.name, space, budget, cost_model, seed=seed, **cfg.agent.options)
         if done:
             from agents import Observation
 

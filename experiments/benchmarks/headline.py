@@ -1,0 +1,730 @@
+"""Headline benchmark (issue 8): searched policies vs uniform channel pruning, global magnitude pruning and
+random search, at a latency budget of half the dense model's *measured* latency, fp32 and with int8.
+
+    .venv/bin/python experiments/benchmarks/headline.py experiments/benchmarks/headline.yaml --docs
+
+Per model and setting (`fp32`: onnxruntime fp32; `int8`: the whole model runs as onnxruntime static int8,
+the space fixes 8-bit weights and activations so the proxy and the fine-tune see int8 numerics):
+
+1. the dense model's latency is measured (onnxruntime, batch 1, 1 thread, fp32); budget = ratio x that;
+2. every agent runs one real `automl search` (embedded Ray, MLflow) with the same number of candidates
+   and the same budget on the setting's predicted latency; the search is nested under one MLflow parent
+   run for the whole benchmark;
+3. deploy-verified pick: the search's best proxy candidates are measured on the real runtime and the most
+   accurate one whose *measured* latency meets the budget is kept (the promise: reported speedups are
+   measured, not predicted);
+4. baselines: uniform channel pruning (every layer the same ratio, kept channels rounded to `uniform_align`)
+   bisected on *measured* latency to the same budget, and global magnitude pruning at the budget's MAC
+   ratio (onnxruntime has no sparse kernel, so it is measured as it is: about as slow as dense);
+5. every kept policy gets the same fine-tune (`finetune.epochs` on the training split, masks kept) per
+   seed; test accuracy is reported as mean +- std over the seeds.
+
+Each finished cell is saved to a results JSON at once (default `$AUTOML_HOME/benchmarks/<name>.json`), so an
+interrupted run continues where it stopped; `--docs` writes the table into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# this folder holds agents.py (the agents benchmark): keep it off the import path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import yaml  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator  # noqa: E402
+
+from automl.search.config import (  # noqa: E402
+    ConfigError,
+    DatasetConfig,
+    RayConfig,
+    TrackingConfig,
+    format_validation_error,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SECTION = "## Headline: searched policies vs uniform and random, measured on this CPU (issue 8)"
+BENCH_ROLE = "benchmark"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    name: str
+    train_epochs: int = Field(3, ge=0)
+    train_limit: int | None = Field(None, ge=100)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="agent and fine-tune seeds (the base model and splits use seed 0)")
+
+
+class LatencySpec(_Strict):
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+    batch: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)
+    profile_minutes: float = Field(3.0, gt=0)
+
+
+class FinetuneSpec(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(0.01, gt=0)
+    calib_batches: int = Field(4, ge=0)
+
+
+class HeadlineConfig(_Strict):
+    name: str = Field("headline", pattern=r"^[A-Za-z0-9_.-]+$")
+    models: list[ModelSpec] = Field(min_length=1)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    settings: list[Literal["fp32", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"], min_length=1)
+    budget_ratio: float = Field(0.5, gt=0, le=1, description="budget = ratio x dense measured fp32 latency")
+    agents: list[str] = Field(default_factory=lambda: ["rule_based", "amc", "agmc", "optuna", "random"])
+    agent_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    candidates: int = Field(60, ge=1)
+    proxy_val_images: int = Field(1000, ge=10)
+    calib_batches: int = Field(4, ge=0)
+    measure_top_k: int = Field(3, ge=1, description="proxy candidates measured per round for the pick")
+    baselines: list[Literal["uniform_channel", "global_magnitude"]] = Field(
+        default_factory=lambda: ["uniform_channel", "global_magnitude"])
+    uniform_align: int = Field(8, ge=1)
+    space: dict[str, Any] = Field(default_factory=dict, description="search_spaces.SpaceConfig options")
+    latency: LatencySpec = Field(default_factory=LatencySpec)
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    threads: int = Field(2, ge=1, description="torch threads of the driver (fine-tuning)")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("agents")
+    @classmethod
+    def _known_agents(cls, v: list[str]) -> list[str]:
+        from agents import AGENTS
+
+        unknown = [a for a in v if a not in AGENTS]
+        if unknown:
+            raise ValueError(f"unknown agent(s) {unknown}; registered: {sorted(AGENTS)}")
+        return v
+
+    @field_validator("space")
+    @classmethod
+    def _no_bits(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "weight_bits" in v or "act_bits" in v:
+            raise ValueError("bit-widths follow the setting (fp32: float, int8: 8-bit); drop weight_bits/act_bits")
+        return v
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> HeadlineConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (see experiments/benchmarks/headline.yaml)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: " + format_validation_error(exc)) from None
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ results store
+def signature(cfg: HeadlineConfig, spec: ModelSpec) -> str:
+    """What a cell's figures depend on; a cell computed under another signature is recomputed.
+
+    Adding seeds, agents, settings or baselines keeps the finished cells; changing the recipe does not."""
+    import hashlib
+
+    relevant = cfg.model_dump(mode="json", include={"dataset", "budget_ratio", "candidates", "proxy_val_images",
+                                                    "calib_batches", "measure_top_k", "uniform_align", "space",
+                                                    "latency", "finetune", "agent_options"})
+    relevant["model"] = spec.model_dump(mode="json", exclude={"seeds"})
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ResultStore:
+    """Finished cells by key, written to disk after each one (an interrupted benchmark resumes)."""
+
+    def __init__(self, path: Path, config_json: str):
+        self.path = path
+        self.data: dict[str, Any] = {"config": json.loads(config_json), "cells": {}, "meta": {}}
+        if path.is_file():
+            old = json.loads(path.read_text())
+            self.data["cells"] = old.get("cells", {})
+            self.data["meta"] = old.get("meta", {})
+
+    def get(self, key: str, sig: str | None = None) -> dict[str, Any] | None:
+        cell = self.data["cells"].get(key)
+        if cell is not None and sig is not None and cell.get("signature") != sig:
+            log(f"results: {key} was computed under another configuration; recomputing it")
+            return None
+        return cell
+
+    def put(self, key: str, value: dict[str, Any], sig: str | None = None) -> None:
+        self.data["cells"][key] = {**value, "signature": sig}
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(self.path)
+
+
+# ------------------------------------------------------------------------------ pieces
+def space_options(cfg: HeadlineConfig, setting: str) -> dict[str, Any]:
+    bits = [None] if setting == "fp32" else [8]
+    return {**cfg.space, "weight_bits": bits, "act_bits": bits}
+
+
+def with_bits(policy, space, bits: int | None):
+    """The policy with every prunable layer at `bits` weights and activations (None: float)."""
+    from automl.policy import CompressionPolicy
+
+    layers = {name: replace(policy.decision(name), weight_bits=bits, act_bits=bits) for name in space.layer_names()}
+    return CompressionPolicy(policy.model, layers, policy.default, dict(policy.metadata))
+
+
+class Measurer:
+    """Measured latency of compressed models on the benchmark runtime, cached by (policy, precision)."""
+
+    def __init__(self, cfg: HeadlineConfig, base, calib, shape):
+        from automl.evaluation import ProxyEvaluator  # noqa: F401  (import check)
+
+        self.cfg, self.base, self.calib, self.shape = cfg, base, calib, shape
+        self.cache: dict[tuple[str, str], float] = {}
+
+    def deploy_model(self, policy):
+        from automl.search.runner import deployable
+        from search_spaces import apply_policy
+
+        return deployable(apply_policy(self.base, policy, self.calib[:1], calib=self.calib).model).eval()
+
+    def measure(self, policies: list, precision: str) -> list[float]:
+        from latency_models import compare
+
+        keys = [(p.to_json(indent=None), precision) for p in policies]
+        todo = [i for i, k in enumerate(keys) if k not in self.cache]
+        if todo:
+            lat = self.cfg.latency
+            ests = compare([self.deploy_model(policies[i]) for i in todo], self.shape, runtime=lat.runtime,
+                           batch=lat.batch, threads=lat.threads, precision=precision)
+            for i, est in zip(todo, ests, strict=True):
+                self.cache[keys[i]] = float(est.ms)
+        return [self.cache[k] for k in keys]
+
+
+def pick_by_measurement(candidates: list[dict], measurer: Measurer, precision: str, target_ms: float,
+                        k: int, rounds: int = 3) -> tuple[dict, float, bool, int]:
+    """The most accurate proxy candidate whose measured latency meets the budget.
+
+    Measures the best `k` by proxy accuracy, then the next `k`, up to `rounds` times; if none meets the
+    budget, the fastest measured one is returned flagged (the benchmark says so instead of hiding it).
+    Returns (candidate, measured ms, within budget, candidates measured).
+    """
+    ok = sorted((c for c in candidates if c["status"] == "ok"), key=lambda c: -c["metrics"].get("accuracy", 0.0))
+    if not ok:
+        raise RuntimeError("the search produced no successful candidate")
+    measured: list[tuple[dict, float]] = []
+    for r in range(rounds):
+        chunk = ok[r * k:(r + 1) * k]
+        if not chunk:
+            break
+        ms = measurer.measure([c["policy"] for c in chunk], precision)
+        measured += list(zip(chunk, ms, strict=True))
+        within = [(c, m) for c, m in measured if m <= target_ms]
+        if within:
+            c, m = max(within, key=lambda t: t[0]["metrics"].get("accuracy", 0.0))
+            return c, m, True, len(measured)
+    c, m = min(measured, key=lambda t: t[1])
+    return c, m, False, len(measured)
+
+
+def uniform_channel_at_latency(base, model_name: str, shape, space_cfg, measurer: Measurer, precision: str,
+                               target_ms: float, align: int, bits: int | None, iters: int = 7):
+    """Uniform channel pruning bisected on the MAC ratio until its *measured* latency meets the budget."""
+    from search_spaces import SearchSpace
+    from search_spaces.baselines import uniform
+
+    space = SearchSpace.from_model(base, model_name, shape, space_cfg)
+    lo, hi, best = 0.02, 1.0, None
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        policy = with_bits(uniform(base, "channel", mid, shape, model_name=model_name, config=space_cfg,
+                                   align=align), space, bits)
+        (ms,) = measurer.measure([policy], precision)
+        log(f"  uniform channel at MAC target {mid:.3f}: measured {ms:.3f} ms (budget {target_ms:.3f})")
+        if ms <= target_ms:
+            best, lo = (policy, ms), mid
+        else:
+            hi = mid
+    if best is None:
+        policy = with_bits(uniform(base, "channel", lo, shape, model_name=model_name, config=space_cfg,
+                                   align=align), space, bits)
+        (ms,) = measurer.measure([policy], precision)
+        return policy, ms, ms <= target_ms
+    return best[0], best[1], True
+
+
+def predicted_budget(cfg: HeadlineConfig, space, measurer: Measurer, setting: str, bits: int | None,
+                     target_ms: float) -> float:
+    """The measured budget on the setting's predicted-latency scale, for the agents' in-loop costs.
+
+    A device profile can be off by a roughly constant factor on a whole model (see the latency section of
+    docs/benchmarks.md), so the measured budget is converted with the dense model of this setting, measured
+    and predicted: budget_pred = target_ms * predicted(dense) / measured(dense). The pick afterwards is
+    checked against the measured budget itself.
+    """
+    from latency_models import get_or_build_profile, predict_policy
+
+    lat = cfg.latency
+    profile = get_or_build_profile(lat.runtime, minutes=lat.profile_minutes, batch=lat.batch, threads=lat.threads,
+                                   precision=setting, progress=log)
+    dense = with_bits(space.dense_policy(), space, bits)
+    predicted = predict_policy(profile, space, dense).ms
+    (measured,) = measurer.measure([dense], setting)
+    budget = target_ms * predicted / measured
+    log(f"  {setting}: dense predicted {predicted:.3f} ms / measured {measured:.3f} ms -> in-loop budget "
+        f"{budget:.3f} ms predicted (= {target_ms:.3f} ms measured)")
+    return budget
+
+
+def finetune_cell(base, policy, splits, cfg: HeadlineConfig, seed: int) -> dict[str, float]:
+    from automl.evaluation import finetune_and_test
+
+    ft = cfg.finetune
+    return finetune_and_test(base, policy, splits, epochs=ft.epochs, calib_batches=ft.calib_batches, lr=ft.lr,
+                             seed=seed, progress=log)
+
+
+def policy_brief(policy, space) -> str:
+    """A one-line description of a policy: scheme counts, mean kept-channel share, aligns, bits."""
+    counts: dict[str, int] = {}
+    aligns, bits = set(), set()
+    for name in space.layer_names():
+        d = space.effective_decision(policy, name)
+        key = d.scheme if d.scheme == "dense" or d.sparsity > 0 or d.scheme in ("nm", "pattern") else "dense"
+        counts[key] = counts.get(key, 0) + 1
+        if d.scheme == "channel" and d.sparsity > 0:
+            aligns.add(d.align)
+        bits.add("float" if d.weight_bits is None else str(d.weight_bits))
+    layers = space.compressed_layers(policy)
+    kept = [cl.out_channels / max(1, lc.layer.out_channels) for cl, lc in zip(layers, space.layers, strict=True)]
+    parts = [f"{v} {k}" for k, v in sorted(counts.items())]
+    text = ", ".join(parts) + f"; mean kept channels {100 * sum(kept) / len(kept):.0f}%"
+    if aligns:
+        text += f"; align {'/'.join(map(str, sorted(aligns)))}"
+    return text + f"; bits {'/'.join(sorted(bits))}"
+
+
+def layer_table(policy, space) -> list[str]:
+    """Per-layer rows (layer, kind, channels dense -> kept, scheme, sparsity, align) for the analysis."""
+    rows = []
+    for cl, lc in zip(space.compressed_layers(policy), space.layers, strict=True):
+        d = space.effective_decision(policy, lc.layer.name)
+        rows.append(f"| {lc.layer.name} | {lc.layer.kind} | {lc.layer.out_channels} -> {cl.out_channels} | "
+                    f"{d.scheme} | {d.sparsity:.2f} | {d.align if d.scheme == 'channel' else '-'} |")
+    return rows
+
+
+# ------------------------------------------------------------------------------ MLflow
+class BenchmarkTracker:
+    """One MLflow parent run for the whole benchmark; searches nest under it, results are its children."""
+
+    def __init__(self, cfg: HeadlineConfig, tracking_uri: str | None, store: ResultStore):
+        from mlflow import MlflowClient
+
+        from automl.tracking import default_tracking_uri, ensure_experiment
+
+        self.uri = tracking_uri or cfg.tracking.uri or default_tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = ensure_experiment(self.client, cfg.tracking.experiment)
+        run_id = store.data["meta"].get("run_id")
+        if run_id and store.data["meta"].get("tracking_uri") == self.uri:
+            try:
+                self.client.get_run(run_id)
+                self.run_id = run_id
+                self.client.update_run(run_id, status="RUNNING")
+                return
+            except Exception:  # the store was reset: start a new parent
+                pass
+        from automl.search.tracking_log import code_version
+
+        run = self.client.create_run(self.experiment_id, run_name=cfg.name,
+                                     tags={"automl.role": BENCH_ROLE, "automl.benchmark": cfg.name,
+                                           "automl.code_version": code_version()})
+        self.run_id = run.info.run_id
+        self.client.log_text(self.run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
+                             "headline.yaml")
+        store.data["meta"].update(run_id=self.run_id, tracking_uri=self.uri)
+        store.save()
+
+    def log_result(self, key: str, cell: dict[str, Any], policy) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        run = self.client.create_run(self.experiment_id, run_name=key.replace("/", "-"),
+                                     tags={"mlflow.parentRunId": self.run_id, "automl.role": "benchmark_result",
+                                           "automl.benchmark_key": key, "automl.latency_source": "measured",
+                                           "automl.model": cell["model"]})
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, 0) for k, v in cell.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        params = [Param(k, str(cell[k])[:500]) for k in ("model", "setting", "method", "seed", "brief") if k in cell]
+        self.client.log_batch(run.info.run_id, metrics=metrics, params=params,
+                              tags=[RunTag("automl.within_budget", str(cell.get("within_budget")))])
+        self.client.log_text(run.info.run_id, policy.to_json(), "policy.json")
+        self.client.set_terminated(run.info.run_id)
+
+    def finish(self, table: str, status: str = "FINISHED") -> None:
+        self.client.log_text(self.run_id, table, "headline.md")
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def log_finetuned_into_search(uri: str, experiment: str, search_id: str, cand: dict, cell: dict) -> None:
+    """The fine-tuned, measured pick becomes a `finetuned` child of its search, so `automl best` finds it."""
+    from automl.search.tracking_log import SearchTracker
+
+    tracker = SearchTracker(uri, experiment)
+    tracker.parent_id = search_id
+    metrics = dict(cand["metrics"])
+    metrics.update(accuracy=cell["test_acc"], finetuned_accuracy=cell["test_acc"], latency_ms=cell["latency_ms"],
+                   latency_ms_measured=cell["latency_ms"])
+    run_id = tracker.log_candidate(index=cand["index"], policy=cand["policy"], metrics=metrics, stage="finetuned",
+                                   status="ok", tags={"automl.latency_source": "measured",
+                                                      "automl.source_candidate": str(cand["index"])})
+    tracker.log_parent_metrics({"best_accuracy": cell["test_acc"], "best_latency_ms": cell["latency_ms"]})
+    tracker.update_parent_tags({"automl.best_run_id": run_id, "automl.best_stage": "finetuned"})
+    tracker.log_parent_text(cand["policy"].to_json(), "best_policy.json")
+
+
+# ------------------------------------------------------------------------------ the benchmark
+def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: BenchmarkTracker) -> None:
+    import torch
+
+    from automl.data import load_dataset
+    from automl.policy import CompressionPolicy
+    from automl.search import SearchConfig, run_search
+    from automl.training import train_or_load
+    from search_spaces import SearchSpace, SpaceConfig, cost_report
+    from search_spaces.baselines import global_magnitude
+
+    torch.set_num_threads(cfg.threads)
+    sig = signature(cfg, spec)
+    ds = cfg.dataset
+    ckpt = train_or_load(spec.name, ds.name, epochs=spec.train_epochs, seed=0, limit=spec.train_limit,
+                         data_dir=ds.data_dir, progress=log, threads=cfg.threads)
+    torch.set_num_threads(cfg.threads)
+    base = ckpt.model.eval()
+    splits = load_dataset(ds.name, ds.data_dir, seed=0, limit=ds.limit, test_limit=ds.test_limit)
+    shape = splits.input_shape
+    calib = splits.x_train[:128 * max(1, cfg.finetune.calib_batches)]
+    measurer = Measurer(cfg, base, calib, shape)
+    fp32_space = SearchSpace.from_model(base, spec.name, shape, SpaceConfig.from_dict(space_options(cfg, "fp32")))
+
+    dense_key = f"{spec.name}/dense-latency"
+    if store.get(dense_key, sig) is None:
+        (dense_ms,) = measurer.measure([fp32_space.dense_policy()], "fp32")
+        store.put(dense_key, {"latency_ms": dense_ms, "test_acc": float(ckpt.meta["test_acc"]),
+                              "checkpoint": str(ckpt.path)}, sig)
+    dense_ms = store.get(dense_key)["latency_ms"]
+    dense_acc = store.get(dense_key)["test_acc"]
+    target_ms = cfg.budget_ratio * dense_ms
+    log(f"{spec.name}: dense {dense_ms:.3f} ms measured (onnxruntime fp32, batch {cfg.latency.batch}, "
+        f"{cfg.latency.threads} thread), test acc {100 * dense_acc:.2f}%; budget {target_ms:.3f} ms")
+
+    for setting in cfg.settings:
+        bits = None if setting == "fp32" else 8
+        space_cfg = SpaceConfig.from_dict(space_options(cfg, setting))
+        space = SearchSpace.from_model(base, spec.name, shape, space_cfg)
+        budget_pred_ms = predicted_budget(cfg, space, measurer, setting, bits, target_ms)
+
+        def cell_of(method: str, policy, ms: float, within: bool, seed: int, extra: dict[str, Any],
+                    space=space, setting=setting) -> dict[str, Any]:
+            costs = cost_report(space, policy)
+            return {"model": spec.name, "setting": setting, "method": method, "seed": seed,
+                    "latency_ms": ms, "speedup": dense_ms / ms, "within_budget": within,
+                    "budget_ms": target_ms, "mac_ratio": float(costs.mac_ratio), "size_bytes": float(costs.size_bytes),
+                    "params": float(costs.params), "brief": policy_brief(policy, space),
+                    "policy": policy.to_dict(), **extra}
+
+        # dense reference of this setting (int8: post-training quantized, no fine-tune)
+        key = f"{spec.name}/{setting}/dense/s0"
+        if store.get(key, sig) is None:
+            policy = with_bits(space.dense_policy(), space, bits)
+            (ms,) = measurer.measure([policy], setting)
+            if setting == "fp32":
+                acc = dense_acc
+            else:
+                from automl.evaluation import ProxyEvaluator
+                from automl.training import evaluate
+
+                ev = ProxyEvaluator(base, splits, val_images=len(splits.x_val), calib_batches=cfg.finetune.calib_batches)
+                acc = evaluate(ev.compress(policy).model, splits.x_test, splits.y_test)
+            cell = cell_of("dense", policy, ms, ms <= target_ms, 0, {"test_acc": float(acc), "finetuned": False})
+            store.put(key, cell, sig)
+            bench.log_result(key, cell, policy)
+
+        for seed in spec.seeds:
+            for agent in cfg.agents:
+                key = f"{spec.name}/{setting}/{agent}/s{seed}"
+                if store.get(key, sig) is not None:
+                    continue
+                log(f"== {key}: {cfg.candidates} candidates")
+                search_cfg = SearchConfig.from_dict({
+                    "name": f"{cfg.name}-{spec.name}-{setting}-{agent}-s{seed}",
+                    "model": {"name": spec.name, "checkpoint": str(ckpt.path)},
+                    "dataset": ds.model_dump(),
+                    "agent": {"name": agent, "options": cfg.agent_options.get(agent, {}), "seed": seed},
+                    "space": space_options(cfg, setting),
+                    "budget": {"max_latency_ms": budget_pred_ms},
+                    "latency": {"runtime": cfg.latency.runtime, "batch": cfg.latency.batch,
+                                "threads": cfg.latency.threads, "precision": setting,
+                                "profile_minutes": cfg.latency.profile_minutes, "measure_top_k": 0},
+                    "evaluation": {"proxy_val_images": cfg.proxy_val_images, "calib_batches": cfg.calib_batches,
+                                   "finetune_top_k": 0},
+                    "candidates": cfg.candidates, "seed": 0,
+                    "ray": cfg.ray.model_dump(), "tracking": cfg.tracking.model_dump(),
+                }, source="headline")
+                t0 = time.perf_counter()
+                result = run_search(search_cfg, tracking_uri=bench.uri,
+                                    extra_tags={"mlflow.parentRunId": bench.run_id, "automl.benchmark": cfg.name},
+                                    printer=log)
+                search_s = time.perf_counter() - t0
+                torch.set_num_threads(cfg.threads)
+                if not any(c["status"] == "ok" for c in result.candidates):
+                    errors = sorted({(c.get("error") or "?").splitlines()[0] for c in result.candidates})
+                    raise RuntimeError(f"{key}: every candidate of search {result.search_id} failed: {errors[:3]}")
+                cand, ms, within, n_measured = pick_by_measurement(result.candidates, measurer, setting, target_ms,
+                                                                   cfg.measure_top_k)
+                log(f"  pick: candidate #{cand['index']} proxy {100 * cand['metrics']['accuracy']:.2f}%, "
+                    f"measured {ms:.3f} ms ({'within' if within else 'OVER'} budget; {n_measured} measured)")
+                ft = finetune_cell(base, cand["policy"], splits, cfg, seed)
+                failed = sum(1 for c in result.candidates if c["status"] != "ok")
+                cell = cell_of(agent, cand["policy"], ms, within, seed, {
+                    "test_acc": ft["test_accuracy"], "test_acc_before_ft": ft["test_accuracy_before"],
+                    "proxy_acc": cand["metrics"]["accuracy"], "predicted_ms": cand["metrics"].get("latency_ms"),
+                    "search_seconds": search_s, "trial_seconds": result.trial_seconds or float("nan"),
+                    "budget_predicted_ms": budget_pred_ms,
+                    "finetune_seconds": ft["finetune_seconds"], "candidates": len(result.candidates),
+                    "failed_candidates": failed, "measured_for_pick": n_measured, "search_id": result.search_id,
+                    "finetuned": True})
+                log_finetuned_into_search(bench.uri, cfg.tracking.experiment, result.search_id, cand, cell)
+                store.put(key, cell, sig)
+                bench.log_result(key, cell, cand["policy"])
+                log(f"  {key}: test acc {100 * cell['test_acc']:.2f}% at {ms:.3f} ms ({cell['speedup']:.2f}x)")
+
+            for baseline in cfg.baselines:
+                key = f"{spec.name}/{setting}/{baseline}/s{seed}"
+                if store.get(key, sig) is not None:
+                    continue
+                log(f"== {key}")
+                t0 = time.perf_counter()
+                if baseline == "uniform_channel":
+                    policy, ms, within = uniform_channel_at_latency(base, spec.name, shape, space_cfg, measurer,
+                                                                    setting, target_ms, cfg.uniform_align, bits)
+                else:
+                    policy = with_bits(global_magnitude(base, cfg.budget_ratio, shape, model_name=spec.name),
+                                       space, bits)
+                    (ms,) = measurer.measure([policy], setting)
+                    within = ms <= target_ms
+                find_s = time.perf_counter() - t0
+                policy = CompressionPolicy.from_dict(policy.to_dict())
+                ft = finetune_cell(base, policy, splits, cfg, seed)
+                cell = cell_of(baseline, policy, ms, within, seed, {
+                    "test_acc": ft["test_accuracy"], "test_acc_before_ft": ft["test_accuracy_before"],
+                    "search_seconds": find_s, "finetune_seconds": ft["finetune_seconds"], "finetuned": True})
+                store.put(key, cell, sig)
+                bench.log_result(key, cell, policy)
+                log(f"  {key}: test acc {100 * cell['test_acc']:.2f}% at {ms:.3f} ms ({cell['speedup']:.2f}x)")
+
+
+# ------------------------------------------------------------------------------ report
+METHOD_ORDER = ("dense", "rule_based", "amc", "agmc", "optuna", "random", "uniform_channel", "global_magnitude")
+METHOD_LABEL = {"dense": "dense (no pruning)", "uniform_channel": "uniform channel (baseline)",
+                "global_magnitude": "global magnitude (baseline)"}
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}%"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}%"
+
+
+def render(cfg: HeadlineConfig, store: ResultStore) -> str:
+    lines = []
+    for spec in cfg.models:
+        sig = signature(cfg, spec)
+        cells = {k: c for k, c in store.data["cells"].items() if c.get("signature") == sig}
+        dense = cells.get(f"{spec.name}/dense-latency")
+        if dense is None:
+            continue
+        for setting in cfg.settings:
+            rows = [c for k, c in cells.items() if k.startswith(f"{spec.name}/{setting}/")]
+            if not rows:
+                continue
+            lines += ["", f"**{spec.name}, {setting}** — dense fp32 {dense['latency_ms']:.3f} ms measured, "
+                          f"test acc {100 * dense['test_acc']:.2f}%; budget {rows[0]['budget_ms']:.3f} ms "
+                          f"({cfg.budget_ratio:g} x dense fp32)", "",
+                      "| method | test acc (after FT) | Δ vs dense fp32 | measured ms | speedup | within budget "
+                      "| MAC ratio | size KB | proxy acc | predicted ms | search s | seeds | policy |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            for method in METHOD_ORDER:
+                group = sorted((c for c in rows if c["method"] == method), key=lambda c: c["seed"])
+                if not group:
+                    continue
+                accs = [c["test_acc"] for c in group]
+                ms = [c["latency_ms"] for c in group]
+                delta = 100 * (statistics.mean(accs) - dense["test_acc"])
+                proxy = [c["proxy_acc"] for c in group if c.get("proxy_acc") is not None]
+                pred = [c["predicted_ms"] for c in group if c.get("predicted_ms") is not None]
+                search = [c["search_seconds"] for c in group if c.get("search_seconds") is not None]
+                within = sum(bool(c["within_budget"]) for c in group)
+                acc_text = _mean_std(accs) + ("" if group[0].get("finetuned", True) else " (no FT)")
+                lines.append(
+                    f"| {METHOD_LABEL.get(method, method)} | {acc_text} | {delta:+.2f} | "
+                    f"{statistics.mean(ms):.3f} | {dense['latency_ms'] / statistics.mean(ms):.2f}x | "
+                    f"{within}/{len(group)} | {statistics.mean(c['mac_ratio'] for c in group):.3f} | "
+                    f"{statistics.mean(c['size_bytes'] for c in group) / 1e3:.0f} | "
+                    f"{_mean_std(proxy) if proxy else '-'} | "
+                    f"{f'{statistics.mean(pred):.3f}' if pred else '-'} | "
+                    f"{f'{statistics.mean(search):.0f}' if search else '-'} | "
+                    f"{','.join(str(c['seed']) for c in group)} | {group[0]['brief']} |")
+    return "\n".join(lines)
+
+
+def render_layers(cfg: HeadlineConfig, store: ResultStore, base_spaces: dict[str, Any]) -> str:
+    """Per-layer decisions of the most accurate searched policy per model and setting (seed 0)."""
+    from automl.policy import CompressionPolicy
+
+    out = []
+    for spec in cfg.models:
+        sig = signature(cfg, spec)
+        cells = {k: c for k, c in store.data["cells"].items() if c.get("signature") == sig}
+        space = base_spaces.get(spec.name)
+        if space is None:
+            continue
+        for setting in cfg.settings:
+            searched = [c for k, c in cells.items() if k.startswith(f"{spec.name}/{setting}/")
+                        and c["method"] in cfg.agents and c["within_budget"]]
+            if not searched:
+                continue
+            best = max(searched, key=lambda c: c["test_acc"])
+            policy = CompressionPolicy.from_dict(best["policy"])
+            out += ["", f"<details><summary>{spec.name}, {setting}: layers of the best searched policy "
+                        f"({best['method']}, seed {best['seed']}, {100 * best['test_acc']:.2f}%, "
+                        f"{best['latency_ms']:.3f} ms)</summary>", "",
+                    "| layer | kind | out channels | scheme | sparsity | align |", "|---|---|---|---|---|---|",
+                    *layer_table(policy, space), "", "</details>"]
+    return "\n".join(out)
+
+
+def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, wall_s: float,
+               store: ResultStore) -> None:
+    import torch
+
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text() if doc.is_file() else ""
+    rel = os.path.relpath(config_path.resolve(), ROOT)
+    seeds = {spec.name: spec.seeds for spec in cfg.models}
+    body = "\n".join([
+        SECTION, "",
+        f"Command: `.venv/bin/python experiments/benchmarks/headline.py {rel} --docs` "
+        f"(this run: {wall_s / 60:.0f} min of wall time on {platform.machine()}, {os.cpu_count()} vCPU, "
+        f"torch {torch.__version__}; cells already in the results file are reused, so the figure counts only "
+        "the cells computed by the last invocation; see the wall-time note below).",
+        "",
+        f"Setup: Fashion-MNIST, budget = {cfg.budget_ratio:g} x the dense model's measured latency on onnxruntime "
+        f"fp32 (batch {cfg.latency.batch}, {cfg.latency.threads} thread). Every agent: one `automl search` with "
+        f"{cfg.candidates} candidates (proxy accuracy on {cfg.proxy_val_images} validation images after BN "
+        f"recalibration; the budget on the device profile's predicted latency, converted with the dense "
+        f"model's predicted / measured ratio), then the deploy-verified pick (the "
+        f"{cfg.measure_top_k} best proxy candidates measured per round, the most accurate one within the measured "
+        f"budget kept). Same fine-tune for every row: {cfg.finetune.epochs:g} epoch(s) on the training split, SGD "
+        f"lr {cfg.finetune.lr:g} cosine, masks kept. Seeds per model (agent + fine-tune): {seeds}; the base "
+        "model and data splits use seed 0. *int8*: the whole model runs as onnxruntime static int8 (U8S8, "
+        "per-channel); its accuracy is 8-bit fake-quant (weights per-channel, activations calibrated). "
+        "Latency columns are **measured** (onnxruntime, separate process, median) unless labelled predicted.",
+        table, layers, ""])
+    if SECTION in text:
+        start = text.index(SECTION)
+        nxt = re.search(r"^## ", text[start + len(SECTION):], flags=re.M)
+        end = start + len(SECTION) + nxt.start() if nxt else len(text)
+        text = text[:start] + body + "\n" + text[end:]
+    else:
+        text = text.rstrip() + "\n\n" + body
+    doc.write_text(text)
+    log(f"wrote {doc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("config", type=Path, help="benchmark YAML (experiments/benchmarks/headline.yaml)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="results JSON (resumable); default $AUTOML_HOME/benchmarks/<name>.json")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store; default: the config's, else the default")
+    p.add_argument("--docs", action="store_true", help="write the table into docs/benchmarks.md")
+    p.add_argument("--report-only", action="store_true", help="print the table from the results file and exit")
+    args = p.parse_args(argv)
+    try:
+        cfg = HeadlineConfig.from_yaml(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from automl.training import default_home
+
+    results = args.results or default_home() / "benchmarks" / f"{cfg.name}.json"
+    store = ResultStore(results, cfg.model_dump_json())
+    log(f"results: {results}")
+    t0 = time.perf_counter()
+    spaces: dict[str, Any] = {}
+    bench = None
+    if not args.report_only:
+        bench = BenchmarkTracker(cfg, args.tracking_uri, store)
+        log(f"MLflow: {bench.uri}, benchmark run {bench.run_id}")
+        try:
+            for spec in cfg.models:
+                run_model(cfg, spec, store, bench)
+        except KeyboardInterrupt:
+            bench.finish(render(cfg, store), status="KILLED")
+            log(f"interrupted; run the same command again to continue ({results})")
+            return 130
+    for spec in cfg.models:
+        ck = store.get(f"{spec.name}/dense-latency")
+        if ck:
+            from automl.training import load_checkpoint
+            from search_spaces import SearchSpace, SpaceConfig
+
+            model = load_checkpoint(ck["checkpoint"]).model
+            from automl.data import dataset_info
+
+            info = dataset_info(cfg.dataset.name)
+            shape = (info.in_channels, info.image_size, info.image_size)
+            spaces[spec.name] = SearchSpace.from_model(model, spec.name, shape,
+                                                       SpaceConfig.from_dict(space_options(cfg, "fp32")))
+    table = render(cfg, store)
+    print(table)
+    if bench is not None:
+        bench.finish(table)
+        print(f"\nMLflow: mlflow ui --backend-store-uri {bench.uri} (benchmark run {bench.run_id})")
+    if args.docs:
+        write_docs(cfg, args.config, table, render_layers(cfg, store, spaces), time.perf_counter() - t0, store)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Smoke test of the headline benchmark (experiments/benchmarks/headline.py) on a tiny setting.
+
+Real parts end to end: a tiny ResNet-20 trained on 600 images, a device profile built in seconds, two agents
+searching on embedded Ray with a sqlite MLflow store, real onnxruntime measurements, both baselines and the
+fine-tune. It checks the structure of what the benchmark produces (cells, MLflow nesting, resume), not the
+figures, which belong to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "benchmarks" / "headline.py"
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tmp_path: Path, **over) -> Path:
+    cfg = {
+        "name": "headline-smoke",
+        "models": [{"name": "resnet20", "train_epochs": 1, "train_limit": 600, "seeds": [0]}],
+        "dataset": {"name": "fashion-mnist", "limit": 600, "test_limit": 200},
+        "settings": ["fp32"],
+        "agents": ["random", "rule_based"],
+        "candidates": 3,
+        "proxy_val_images": 40,
+        "calib_batches": 1,
+        "measure_top_k": 2,
+        "latency": {"profile_minutes": 0.1},
+        "finetune": {"epochs": 0.1, "calib_batches": 1},
+        "threads": 1,
+        "ray": {"workers": 1, "cpus_per_trial": 1},
+        **over,
+    }
+    path = tmp_path / "headline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+
+
+def test_headline_smoke_end_to_end(tmp_path):
+    from mlflow import MlflowClient
+
+    config = _config(tmp_path)
+    results = tmp_path / "results.json"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = _run([str(config), "--results", str(results), "--tracking-uri", uri])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    cells = json.loads(results.read_text())["cells"]
+    dense = cells["resnet20/dense-latency"]
+    assert dense["latency_ms"] > 0 and 0 <= dense["test_acc"] <= 1
+    for method in ("dense", "random", "rule_based", "uniform_channel", "global_magnitude"):
+        cell = cells[f"resnet20/fp32/{method}/s0"]
+        assert cell["latency_ms"] > 0 and cell["speedup"] == pytest.approx(dense["latency_ms"] / cell["latency_ms"])
+        assert isinstance(cell["within_budget"], bool)
+        assert cell["budget_ms"] == pytest.approx(0.5 * dense["latency_ms"])
+        assert 0.0 <= cell["test_acc"] <= 1.0 and 0.0 < cell["mac_ratio"] <= 1.0
+    for agent in ("random", "rule_based"):
+        cell = cells[f"resnet20/fp32/{agent}/s0"]
+        assert cell["candidates"] == 3 and cell["measured_for_pick"] >= 1
+        assert cell["search_seconds"] > 0 and cell["predicted_ms"] > 0
+    # uniform channel pruning really prunes channels, global magnitude really masks weights
+    uni = cells["resnet20/fp32/uniform_channel/s0"]["policy"]["layers"]
+    assert any(d["scheme"] == "channel" and d.get("sparsity", 0) > 0 for d in uni.values())
+    glob = cells["resnet20/fp32/global_magnitude/s0"]
+    assert glob["mac_ratio"] == pytest.approx(0.5, abs=0.02)
+
+    # the table is printed with one row per method
+    for label in ("dense (no pruning)", "| random |", "| rule_based |", "uniform channel (baseline)",
+                  "global magnitude (baseline)"):
+        assert label in proc.stdout
+
+    # MLflow: one benchmark parent, the searches nested under it, one result child per cell
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("compress-search")
+    bench = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'benchmark'")
+    assert len(bench) == 1
+    bench_id = bench[0].info.run_id
+    searches = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")
+    assert len(searches) == 2 and all(r.data.tags["mlflow.parentRunId"] == bench_id for r in searches)
+    res = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'benchmark_result'")
+    assert len(res) == 5 and all(r.data.tags["mlflow.parentRunId"] == bench_id for r in res)
+    # each search holds its fine-tuned, measured pick, so `automl best` can answer from it
+    for s in searches:
+        ft = client.search_runs([exp.experiment_id], f"tags.`automl.search_id` = '{s.info.run_id}' and "
+                                                     "tags.`automl.stage` = 'finetuned'")
+        assert len(ft) == 1 and ft[0].data.tags["automl.latency_source"] == "measured"
+
+    # a second invocation resumes: nothing is recomputed, no new runs
+    again = _run([str(config), "--results", str(results), "--tracking-uri", uri])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "== resnet20" not in again.stderr
+    assert len(client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")) == 2
+
+
+def test_headline_rejects_bad_config(tmp_path):
+    proc = _run([str(_config(tmp_path, agents=["random", "nope"]))], timeout=120)
+    assert proc.returncode == 2
+    assert "agents" in proc.stderr and "nope" in proc.stderr
+    proc = _run([str(_config(tmp_path, space={"weight_bits": [4]}))], timeout=120)
+    assert proc.returncode == 2 and "space" in proc.stderr
