@@ -9,6 +9,12 @@ each kernel by the features its latency depends on.
 Each traced tensor remembers which prunable layer's output channels it carries (its *owner*), so the
 non-prunable kernels (adds, pools, norms, attention matmuls) of a *compressed* model can be derived
 from the dense trace by scaling with the owner's kept-channel ratio; `predict_policy` never re-traces.
+
+Conv and linear kernels may carry one optional last parameter, `block`: the height of the 1xN blocks
+(along output channels) that the weight's zeros form (block1xn: n, block_punched: its rows). A runtime
+with a block-sparse kernel (sparse-cpu) runs 1x4 blocks several times faster than unstructured zeros of
+the same density, so its profile needs it; it is omitted when 1 (no block structure), which keeps every
+kernel and profile written before it valid and the other runtimes' samples unchanged.
 """
 
 from __future__ import annotations
@@ -25,15 +31,22 @@ from torch.overrides import TorchFunctionMode
 
 KERNEL_TYPES = ("conv", "dwconv", "linear", "eltwise", "pool", "norm", "softmax", "matmul", "transpose")
 SCHEME_CODES = {"dense": 0, "unstructured": 1, "channel": 0, "nm": 2, "block1xn": 3, "pattern": 4, "block_punched": 5}
+#: conv / linear parameters before the optional `block` (see the module docstring)
+BASE_PARAMS = {"conv": 12, "linear": 8}
+#: block heights read off a weight's zeros, largest first (the space offers block_n 2..16)
+BLOCK_HEIGHTS = (16, 8, 4, 2)
+#: below this share of zeros a weight's structure is not read (no sparse kernel runs such a layer, and a
+#: nearly dense random mask would otherwise pass for blocks of any height)
+BLOCK_MIN_SPARSITY = 0.1
 
 
 @dataclass(frozen=True)
 class Kernel:
     """One runtime kernel. `params` are raw numbers; the predictor derives alignment features from them.
 
-    conv:    cin, cout, k, stride, h_in, w_in, has_bn, has_act, density, scheme, wbits, abits
+    conv:    cin, cout, k, stride, h_in, w_in, has_bn, has_act, density, scheme, wbits, abits[, block]
     dwconv:  c, k, stride, h_in, w_in, has_act
-    linear:  tokens, fin, fout, has_act, density, scheme, wbits, abits
+    linear:  tokens, fin, fout, has_act, density, scheme, wbits, abits[, block]
     eltwise: numel, n_inputs, has_act        pool: numel_in, numel_out
     norm:    numel, dim                      softmax: numel
     matmul:  batch, m, k, n                  transpose: numel
@@ -45,6 +58,48 @@ class Kernel:
     owner: str | None = None  # prunable layer whose channels this kernel's size follows
     scaled: tuple[int, ...] = ()  # indices of params that scale with the owner's kept-channel ratio
     count: int = 1
+
+
+def kernel_block(k: Kernel) -> float:
+    """The 1xN block height of a conv/linear kernel's zeros (1 when absent: no block structure)."""
+    base = BASE_PARAMS.get(k.type)
+    return float(k.params[base]) if base is not None and len(k.params) > base else 1.0
+
+
+def with_block(kind: str, params: Sequence[float], block: float) -> tuple[float, ...]:
+    """`params` of a conv/linear kernel with its block height set (dropped when 1, the canonical form)."""
+    base = list(params[:BASE_PARAMS[kind]])
+    return tuple(float(v) for v in (base + [float(block)] if block != 1 else base))
+
+
+def decision_block(scheme: str, n: int | None = None, block: tuple[int, int] | None = None,
+                   density: float = 1.0) -> int:
+    """Block height of a scheme decision's zeros: block1xn -> n, block_punched -> its rows, else 1.
+
+    Layers kept nearly dense (density above 1 - `BLOCK_MIN_SPARSITY`) count as unstructured, as
+    `weight_block` reads them off weights.
+    """
+    if density > 1.0 - BLOCK_MIN_SPARSITY:
+        return 1
+    if scheme == "block1xn" and n:
+        return int(n)
+    if scheme == "block_punched" and block:
+        return int(block[0])
+    return 1
+
+
+def weight_block(weight: torch.Tensor) -> int:
+    """Block height of a weight's zeros: the largest of `BLOCK_HEIGHTS` whose 1xN blocks along output
+    channels they fill (the sparse kernels' own test, `block_fill`), else 1."""
+    from latency_models.sparse_kernels.modules import MIN_FILL, block_fill
+
+    w = weight.detach()
+    if w.dim() < 2 or float((w == 0).sum()) < BLOCK_MIN_SPARSITY * w.numel():
+        return 1
+    for n in BLOCK_HEIGHTS:
+        if w.shape[0] >= n and block_fill(w, n) >= MIN_FILL:
+            return n
+    return 1
 
 
 @dataclass
@@ -101,7 +156,7 @@ class _Tracer(TorchFunctionMode):
                 k = {"type": "dwconv", "p": [cout, kh, stride, x.shape[-2], x.shape[-1], 0], "layer": name}
             else:
                 k = {"type": "conv", "p": [cin, cout, kh, stride, x.shape[-2], x.shape[-1], 0, 0, 1.0, 0, 32, 32],
-                     "layer": name, "groups": groups}
+                     "layer": name, "groups": groups, "block": weight_block(w) if groups == 1 else 1}
             self.kernels.append(k)
             self._set(out, _Meta(name, -3), len(self.kernels) - 1)
         elif func is F.linear:
@@ -109,7 +164,7 @@ class _Tracer(TorchFunctionMode):
             name = self.names.get(id(w))
             tokens = x.numel() // x.shape[0] // x.shape[-1]
             self.kernels.append({"type": "linear", "p": [tokens, w.shape[1], w.shape[0], 0, 1.0, 0, 32, 32],
-                                 "layer": name})
+                                 "layer": name, "block": weight_block(w)})
             self._set(out, _Meta(name, -1), len(self.kernels) - 1)
         elif func is F.batch_norm:
             src = self.last.get(id(x))
@@ -231,6 +286,8 @@ def trace_kernels(model: nn.Module, input_shape: Sequence[int]) -> list[Kernel]:
         p = tuple(float(v) for v in k["p"])
         if k["type"] == "conv" and k.get("groups", 1) > 1:  # grouped, not depthwise: cost like cin/groups
             p = (p[0] / k["groups"],) + p[1:]
+        if k.get("block", 1) != 1:
+            p = with_block(k["type"], p, k["block"])
         out.append(Kernel(k["type"], p, layer=k.get("layer"), owner=k.get("owner") or k.get("layer"),
                           scaled=tuple(k.get("scaled", ()))))
     return out
@@ -299,15 +356,19 @@ def compressed_kernels(skel: Skeleton, layers: Sequence[Any]) -> list[Kernel]:
             scheme = SCHEME_CODES.get(getattr(cl, "scheme", "dense"), 0)
             density = float(getattr(cl, "density", 1.0))
             wb, ab = _bits(getattr(cl, "weight_bits", None)), _bits(getattr(cl, "act_bits", None))
+            block = decision_block(getattr(cl, "scheme", "dense"), getattr(cl, "n", None),
+                                   getattr(cl, "block", None), density)
             if k.type == "conv":
                 groups = max(1, int(getattr(cl, "groups", 1)))
                 p[0], p[1] = cl.in_channels / groups, cl.out_channels
                 p[8], p[9], p[10], p[11] = density, scheme, wb, ab
+                p = p[:12] + ([block] if block != 1 else [])
             elif k.type == "dwconv":
                 p[0] = cl.out_channels
             else:
                 p[1], p[2] = cl.in_channels, cl.out_channels
                 p[4], p[5], p[6], p[7] = density, scheme, wb, ab
+                p = p[:8] + ([block] if block != 1 else [])
             out.append(Kernel(k.type, tuple(float(v) for v in p), k.layer, k.owner, k.scaled))
         elif k.scaled and ratio.get(k.owner, 1.0) != 1.0:
             r = ratio[k.owner]

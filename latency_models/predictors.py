@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from latency_models.kernels import Kernel
+from latency_models.kernels import Kernel, kernel_block
 
 
 @dataclass(frozen=True)
@@ -58,25 +58,32 @@ def _align_feats(c: float) -> list[float]:
     return [c, c % 4, c % 8, c % 16, math.ceil(c / 8) * 8, math.ceil(c / 16) * 16, float(c % 8 == 0)]
 
 
-def features(k: Kernel) -> list[float]:
-    """Regression features of one kernel (type-specific; same length within a type)."""
+def features(k: Kernel, block: bool = False) -> list[float]:
+    """Regression features of one kernel (type-specific; same length within a type and `block`).
+
+    `block` adds, for conv/linear kernels, the 1xN block height of the weight's zeros and the density
+    of the blocks a 1x4-block kernel stores: the profile of a runtime with block-sparse kernels
+    (sparse-cpu) needs them, the others' features stay exactly what they were.
+    """
     p = k.params
     if k.type == "conv":
-        cin, cout, ks, s, h, w, bn, act, dens, scheme, wb, ab = p
+        cin, cout, ks, s, h, w, bn, act, dens, scheme, wb, ab = p[:12]
         ho, wo = math.ceil(h / s), math.ceil(w / s)
         macs = cin * cout * ks * ks * ho * wo
         pad8 = math.ceil(cin / 8) * 8 * math.ceil(cout / 8) * 8 * ks * ks * ho * wo
         both8 = float(cin % 8 == 0 and cout % 8 == 0)
-        return [*_align_feats(cin), *_align_feats(cout), ks, s, h, ho * wo, bn, act, dens, scheme, wb, ab,
-                math.log(macs + 1), math.log(pad8 + 1), both8, math.log(cin * h * w + 1), math.log(cout * ho * wo + 1)]
+        out = [*_align_feats(cin), *_align_feats(cout), ks, s, h, ho * wo, bn, act, dens, scheme, wb, ab,
+               math.log(macs + 1), math.log(pad8 + 1), both8, math.log(cin * h * w + 1), math.log(cout * ho * wo + 1)]
+        return out + _block_feats(kernel_block(k), dens, macs) if block else out
     if k.type == "dwconv":
         c, ks, s, h, w, act = p
         ho, wo = math.ceil(h / s), math.ceil(w / s)
         return [*_align_feats(c), ks, s, h, ho * wo, act, math.log(c * ks * ks * ho * wo + 1), math.log(c * h * w + 1)]
     if k.type == "linear":
-        tokens, fin, fout, act, dens, scheme, wb, ab = p
-        return [tokens, *_align_feats(fin), *_align_feats(fout), act, dens, scheme, wb, ab,
-                math.log(tokens * fin * fout + 1), math.log(tokens * (fin + fout) + 1)]
+        tokens, fin, fout, act, dens, scheme, wb, ab = p[:8]
+        out = [tokens, *_align_feats(fin), *_align_feats(fout), act, dens, scheme, wb, ab,
+               math.log(tokens * fin * fout + 1), math.log(tokens * (fin + fout) + 1)]
+        return out + _block_feats(kernel_block(k), dens, tokens * fin * fout) if block else out
     if k.type == "matmul":
         b, m, kk, n = p
         return [b, m, *_align_feats(kk), *_align_feats(n), math.log(b * m * kk * n + 1)]
@@ -87,6 +94,11 @@ def features(k: Kernel) -> list[float]:
     if k.type == "norm":
         return [math.log(p[0] + 1), *_align_feats(p[1])]
     return [math.log(p[0] + 1), p[0] % 8]
+
+
+def _block_feats(block: float, density: float, macs: float) -> list[float]:
+    """Block height and the work a sparse kernel does: MACs x density (what 1xN kernels scale with)."""
+    return [block, math.log(macs * density + 1)]
 
 
 class _FlatBoost:
@@ -140,9 +152,13 @@ class _FlatBoost:
 class KernelPredictor(LatencyPredictor):
     """One gradient-boosted regressor per kernel type on log(ms); memoizes per-kernel predictions."""
 
-    def __init__(self, n_estimators: int = 300, max_depth: int = 4, learning_rate: float = 0.05, seed: int = 0):
+    def __init__(self, n_estimators: int = 300, max_depth: int = 4, learning_rate: float = 0.05, seed: int = 0,
+                 block_features: bool = False):
         self.params = {"n_estimators": n_estimators, "max_depth": max_depth, "learning_rate": learning_rate,
                        "subsample": 0.8, "min_samples_leaf": 2, "random_state": seed}
+        #: conv/linear features include the weight's block structure (see `features`); set by the profile
+        #: from its runtime before fitting
+        self.block_features = block_features
         self.models: dict[str, Any] = {}
         self.rel_err: dict[str, float] = {}
         self._memo: dict[tuple, tuple[float, float]] = {}
@@ -158,7 +174,7 @@ class KernelPredictor(LatencyPredictor):
         report: dict[str, Any] = {}
         self.models, self.rel_err, self._memo = {}, {}, {}
         for t, rows in sorted(by_type.items()):
-            X = np.array([features(s.kernel) for s in rows])
+            X = np.array([features(s.kernel, self.block_features) for s in rows])
             y = np.log(np.array([s.ms for s in rows]))
             if len(rows) < 6:  # too few to learn a shape: a constant, honestly uncertain
                 self.models[t] = float(np.median(y))
@@ -201,7 +217,7 @@ class KernelPredictor(LatencyPredictor):
             if isinstance(model, float):
                 pred = np.full(len(idx), model)
             else:
-                pred = model.predict(np.array([features(kernels[i]) for i in idx]))
+                pred = model.predict(np.array([features(kernels[i], self.block_features) for i in idx]))
             for i, v in zip(idx, pred, strict=True):
                 ms[i] = math.exp(float(v))
                 std[i] = ms[i] * self.rel_err[t]

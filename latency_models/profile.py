@@ -26,6 +26,13 @@ from latency_models.predictors import KernelPredictor, Sample
 
 PROFILE_FORMAT = "compress-search/latency-profile"
 PROFILE_VERSION = 1
+#: profiles of runtimes with block-sparse kernels (sparse-cpu) built with structured samples: their conv /
+#: linear samples may carry the block height (`latency_models.kernels`). Other runtimes' profiles stay at
+#: PROFILE_VERSION; both versions load.
+STRUCTURED_PROFILE_VERSION = 2
+READABLE_VERSIONS = (PROFILE_VERSION, STRUCTURED_PROFILE_VERSION)
+#: the side-file key of structured samples, so a rebuild never mixes in random-mask samples of an older build
+STRUCTURED_SAMPLING = "structured-1"
 KERNEL_MIX = (("conv", 0.45), ("dwconv", 0.12), ("linear", 0.15), ("eltwise", 0.08), ("pool", 0.04),
               ("norm", 0.04), ("softmax", 0.03), ("matmul", 0.05), ("transpose", 0.04))
 ProgressFn = Callable[[str], None]
@@ -34,6 +41,17 @@ MIN_KERNEL_MS = 5e-4  # no runtime node costs less than ~0.5 us; below that a di
 
 class ProfileError(ValueError):
     """A profile is missing, malformed, of another version, or from another machine; the message says how to fix."""
+
+
+def structured_runtime(runtime: str) -> bool:
+    """Whether `runtime` has block-sparse kernels (`Runtime.structured_sparsity`), so that its profile samples
+    structured masks and its predictor sees the block height. Unknown names count as plain runtimes."""
+    from latency_models.runtimes.base import RuntimeError_, get_runtime
+
+    try:
+        return bool(get_runtime(runtime).structured_sparsity)
+    except RuntimeError_:
+        return False
 
 
 @dataclass
@@ -60,13 +78,21 @@ class DeviceProfile:
     composites: list[tuple[list[Kernel], float]] = field(default_factory=list)
     type_scale: dict[str, float] = field(default_factory=dict)
     context_fit: dict[str, Any] = field(default_factory=dict)
+    #: STRUCTURED_PROFILE_VERSION when built with structured samples (see `build_profile`), else PROFILE_VERSION
+    format_version: int = PROFILE_VERSION
 
     @property
     def n_samples(self) -> int:
         return len(self.samples)
 
+    @property
+    def structured(self) -> bool:
+        """The runtime has block-sparse kernels: the predictor's conv/linear features include the blocks."""
+        return structured_runtime(self.runtime)
+
     # ------------------------------------------------------------------ fitting
     def fit(self) -> DeviceProfile:
+        self.predictor.block_features = self.structured
         self.fit_error = self.predictor.fit(self.samples)
         if "conv" in self.fit_error:
             self.preferred_align, self.align_gain = _preferred_align(self.predictor)
@@ -101,7 +127,7 @@ class DeviceProfile:
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PROFILE_FORMAT, "schema_version": PROFILE_VERSION, "device": self.device,
+        return {"format": PROFILE_FORMAT, "schema_version": self.format_version, "device": self.device,
                 "fingerprint": self.fingerprint, "device_url": self.device_url, "runtime": self.runtime,
                 "batch": self.batch, "threads": self.threads, "precision": self.precision,
                 "versions": self.versions, "created": self.created, "n_samples": self.n_samples,
@@ -123,9 +149,10 @@ class DeviceProfile:
     def from_dict(cls, data: dict[str, Any], *, force: bool = False, source: str = "profile") -> DeviceProfile:
         if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
             raise ProfileError(f"{source} is not a latency profile (build one with 'automl latency profile')")
-        if data.get("schema_version") != PROFILE_VERSION:
+        if data.get("schema_version") not in READABLE_VERSIONS:
             raise ProfileError(f"{source} has profile version {data.get('schema_version')!r}; this release reads "
-                               f"{PROFILE_VERSION}: rebuild it with 'automl latency profile'")
+                               f"{' and '.join(map(str, READABLE_VERSIONS))}: rebuild it with "
+                               "'automl latency profile'")
         if not data.get("device_url"):  # a local profile: it must have been measured on this machine
             here = device_info()
             if data.get("fingerprint") != device_fingerprint(here) and not force:
@@ -141,7 +168,8 @@ class DeviceProfile:
                       fingerprint=data.get("fingerprint", ""), samples=[Sample.from_list(r) for r in data["samples"]],
                       overhead_ms=float(data["overhead_ms"]), calibration=tuple(data.get("calibration", (1.0, 0.0))),
                       device_url=data.get("device_url"), created=data.get("created", ""),
-                      composites=_composites_from(data.get("composites", [])))
+                      composites=_composites_from(data.get("composites", [])),
+                      format_version=int(data["schema_version"]))
         profile.fit()
         return profile
 
@@ -238,16 +266,22 @@ def _preferred_align(pred: KernelPredictor) -> tuple[int, dict[str, float]]:
 
 # ------------------------------------------------------------------------------ building
 def _key(runtime: str, batch: int, threads: int, precision: str, fingerprint: str) -> dict[str, Any]:
-    return {"runtime": runtime, "batch": batch, "threads": threads, "precision": precision,
-            "fingerprint": fingerprint}
+    key = {"runtime": runtime, "batch": batch, "threads": threads, "precision": precision,
+           "fingerprint": fingerprint}
+    if structured_runtime(runtime):
+        key["sampling"] = STRUCTURED_SAMPLING
+    return key
 
 
 def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, threads: int, precision: str,
-                    device: str | None = None, seed: int = 0, repeats: int = 25) -> tuple[list[Sample], float]:
+                    device: str | None = None, seed: int = 0, repeats: int = 25,
+                    structured: bool | None = None) -> tuple[list[Sample], float]:
     """Measure kernels in isolation (one timing process, interleaved) minus the runtime's per-call overhead.
 
     Each kernel's figure is its fastest decile (`low_quantile`): the profile models the device's own
-    speed, not the other jobs that happened to share it while it was measured.
+    speed, not the other jobs that happened to share it while it was measured. `structured` (default:
+    whether the runtime has block-sparse kernels) gives conv/linear samples the engine's masks for their
+    scheme and block height (`sampling.sample_module`).
     """
     from latency_models.measure import run_worker
     from latency_models.runtimes.base import get_runtime
@@ -257,8 +291,10 @@ def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, thre
     rng = random.Random(seed)
     import torch
 
+    if structured is None:
+        structured = bool(rt.structured_sparsity)
     torch.manual_seed(seed)
-    mods = [baseline_module(batch)] + [sample_module(k, batch, rng) for k in kernels]
+    mods = [baseline_module(batch)] + [sample_module(k, batch, rng, structured) for k in kernels]
     artifacts, shapes = [], []
     for module, shape in mods:
         artifacts.append(rt.export_kernel(module.eval(), torch.randn(*shape), precision))
@@ -364,13 +400,15 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
     rng = random.Random(seed * 7919 + len(samples) + 104729 * len(composites))
     prior = zoo_prior()
     types, weights = zip(*KERNEL_MIX, strict=True)
+    structured = structured_runtime(runtime)
     start = time.monotonic()
     deadline = start + minutes * 60.0
     kernel_deadline = start + minutes * 60.0 * (1.0 - composite_share)
     while time.monotonic() < kernel_deadline and (max_samples is None or len(samples) < max_samples):
-        ks = [random_kernel(rng, prior, [rng.choices(types, weights)[0]]) for _ in range(chunk)]
+        ks = [random_kernel(rng, prior, [rng.choices(types, weights)[0]], structured=structured)
+              for _ in range(chunk)]
         got, base = measure_kernels(ks, runtime=runtime, batch=batch, threads=threads, precision=precision,
-                                    device=device, seed=rng.randrange(1 << 30))
+                                    device=device, seed=rng.randrange(1 << 30), structured=structured)
         samples.extend(got)
         baselines.append(base)
         if side:
@@ -401,7 +439,8 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
     profile = DeviceProfile(device=info["device"], runtime=runtime, batch=batch, threads=threads,
                             precision=precision, versions=info["versions"], fingerprint=fingerprint,
                             samples=samples, overhead_ms=_median(baselines), device_url=device,
-                            created=time.strftime("%Y-%m-%dT%H:%M:%S"), composites=composites)
+                            created=time.strftime("%Y-%m-%dT%H:%M:%S"), composites=composites,
+                            format_version=STRUCTURED_PROFILE_VERSION if structured else PROFILE_VERSION)
     return profile.fit()
 
 
@@ -425,7 +464,11 @@ def get_or_build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, 
     path = default_profile_path(runtime, batch, threads, precision, cache_dir, fingerprint)
     if path.is_file():
         try:
-            return DeviceProfile.load(path)
+            cached = DeviceProfile.load(path)
+            if not cached.structured or cached.format_version == STRUCTURED_PROFILE_VERSION:
+                return cached
+            if progress:  # a sparse-cpu profile of random masks only: it cannot know what blocks gain
+                progress(f"profile: cached {path} has no structured samples; rebuilding")
         except ProfileError as exc:
             if progress:
                 progress(f"profile: cached {path} unusable ({exc}); rebuilding")

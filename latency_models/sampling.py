@@ -5,6 +5,12 @@ their channel counts cut by a random fraction and rounded to a random multiple 1
 land both on and off the multiples of 8), half uniformly over a wide range. Some conv/linear samples
 carry masked (zeroed) weights at the dense shape: where a runtime has no sparse kernel, they time like
 dense ones, and the predictor learns exactly that.
+
+For a runtime with block-sparse kernels (``structured=True``, sparse-cpu) masks are what the policies
+produce: most conv/linear samples are pruned, by the engine's own schemes (unstructured, 1xN blocks of
+2/4/8 along output channels, block-punched with row blocks of 4, N:M, 3x3 patterns) at densities from
+0.05 to 1, with the block height recorded, so the profile learns where, and by how much, each structure
+beats the dense kernel. The other runtimes' sampling is unchanged (same draws for the same seed).
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from latency_models.kernels import Kernel, trace_kernels
+from latency_models.kernels import (
+    SCHEME_CODES,
+    Kernel,
+    decision_block,
+    kernel_block,
+    trace_kernels,
+    with_block,
+)
 
 HW_CHOICES = (2, 4, 7, 8, 14, 16, 28, 32)
 ALIGNS = (1, 1, 1, 2, 4, 8, 8, 16)
@@ -120,19 +133,121 @@ def _mask(w: torch.Tensor, density: float) -> None:
             w.mul_((torch.rand_like(w) < density).float())
 
 
-def sample_module(k: Kernel, batch: int, rng: random.Random) -> tuple[nn.Module, tuple[int, ...]]:
-    """A module that runs kernel `k` alone, with its input shape (batch first)."""
+# ------------------------------------------------------------------------------ structured masks
+#: scheme mix of conv/linear samples for runtimes with block-sparse kernels (pattern: 3x3 convs only)
+STRUCTURED_MIX = (("dense", 0.3), ("unstructured", 0.24), ("block1xn", 0.26), ("block_punched", 0.12),
+                  ("nm", 0.05), ("pattern", 0.03))
+#: 1xN block heights drawn for block1xn samples (4 and 8 run as 1x4 on sparse-cpu; 2 has its own kernel)
+BLOCK_N_MIX = ((4, 0.45), (8, 0.35), (2, 0.2))
+PUNCH_ROWS = 4
+SPARSITY_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95)
+PUNCH_COLS = (4, 8, 16, 9)
+_CODE_SCHEMES = {code: name for name, code in SCHEME_CODES.items() if name not in ("dense", "channel")}
+
+
+def _punch_cols(gemm_cols: int) -> int | None:
+    """The column count of a block-punched sample's blocks: the first of `PUNCH_COLS` dividing the GEMM width."""
+    return next((c for c in PUNCH_COLS if gemm_cols % c == 0), None)
+
+
+def _decision(code: int, density: float, block: float, gemm_cols: int):
+    """The engine decision a structured sample's mask comes from, rebuilt from its kernel parameters."""
+    from automl.policy import LayerDecision
+
+    scheme = _CODE_SCHEMES.get(int(code), "unstructured")
+    if scheme == "nm":
+        return LayerDecision("nm", n=max(1, round(density * 4)), m=4)
+    if scheme == "pattern":
+        return LayerDecision("pattern", sparsity=min(0.999, max(0.0, 1.0 - density * 9 / 4)))
+    sparsity = min(0.999, max(0.0, 1.0 - density))
+    if scheme == "block1xn":
+        return LayerDecision("block1xn", sparsity=sparsity, n=int(block))
+    if scheme == "block_punched":
+        return LayerDecision("block_punched", sparsity=sparsity, block=(int(block), _punch_cols(gemm_cols)))
+    return LayerDecision("unstructured", sparsity=sparsity)
+
+
+def structured_mask(weight: torch.Tensor, k: Kernel) -> torch.Tensor:
+    """The keep-mask of a structured conv/linear sample: the engine's scheme mask (`search_spaces.schemes`)
+    for the kernel's scheme code, density and block height, on this (random) weight."""
+    from search_spaces.schemes import get_scheme
+
+    i = 8 if k.type == "conv" else 4
+    density, code = float(k.params[i]), int(k.params[i + 1])
+    if density >= 1.0 or code == 0:
+        return torch.ones_like(weight, dtype=torch.bool)
+    decision = _decision(code, density, kernel_block(k), int(weight[0].numel()))
+    return get_scheme(decision.scheme).mask(weight, decision)
+
+
+def _structured_sparsity(rng: random.Random, kind: str, cin: int, cout: int,
+                         ks: int) -> tuple[int, int, float, float, int]:
+    """(cin, cout, density, scheme code, block height) of one structured sample; channels are rounded
+    where a scheme needs it (1xN blocks need n | cout, punched blocks rows | cout and cols | GEMM width)."""
+    from automl.policy import LayerDecision
+    from search_spaces.schemes import get_scheme
+
+    names, weights = zip(*STRUCTURED_MIX, strict=True)
+    scheme = rng.choices(names, weights)[0]
+    if scheme == "dense":
+        return cin, cout, 1.0, 0.0, 1
+    if scheme == "pattern" and (kind != "conv" or ks != 3):
+        scheme = "unstructured"
+    if scheme == "block_punched" and _punch_cols(cin * ks * ks) is None:
+        if cin >= 4:
+            cin = max(4, int(round(cin / 4)) * 4)
+        else:
+            scheme = "block1xn"
+    if scheme == "nm" and (cin * ks * ks) % 4:
+        scheme = "unstructured"
+    # half on the sparsities policies use (the space's grid, where sparse-cpu's thresholds also lie), half
+    # uniform; block schemes from 15%: below 10% their structure is not recorded (`decision_block`)
+    lo = 0.15 if scheme in ("block1xn", "block_punched") else 0.05
+    sparsity = rng.choice([g for g in SPARSITY_GRID if g >= lo]) if rng.random() < 0.5 else rng.uniform(lo, 0.95)
+    if scheme == "block1xn":
+        n = rng.choices(*zip(*BLOCK_N_MIX, strict=True))[0]
+        cout = max(n, int(round(cout / n)) * n)
+        decision = LayerDecision("block1xn", sparsity=sparsity, n=n)
+    elif scheme == "block_punched":
+        cout = max(PUNCH_ROWS, int(round(cout / PUNCH_ROWS)) * PUNCH_ROWS)
+        decision = LayerDecision("block_punched", sparsity=sparsity,
+                                 block=(PUNCH_ROWS, _punch_cols(cin * ks * ks)))
+    elif scheme == "nm":
+        decision = LayerDecision("nm", n=rng.choice((1, 2)), m=4)
+    else:
+        decision = LayerDecision(scheme, sparsity=sparsity)
+    cols = cin * ks * ks
+    density = get_scheme(scheme).density(cout, cols, (ks, ks), decision)
+    block = decision_block(scheme, decision.n, decision.block, density)
+    return cin, cout, density, float(SCHEME_CODES[scheme]), block
+
+
+def sample_module(k: Kernel, batch: int, rng: random.Random,
+                  structured: bool = False) -> tuple[nn.Module, tuple[int, ...]]:
+    """A module that runs kernel `k` alone, with its input shape (batch first).
+
+    `structured`: conv/linear weights get the engine's mask for the kernel's scheme code and block height
+    (`structured_mask`) instead of a random one of its density.
+    """
     p = [int(v) if float(v).is_integer() else v for v in k.params]
     if k.type == "conv":
         cin, cout, ks, stride, h, w, bn, act, density = p[:9]
-        return _Conv(cin, cout, ks, stride, bool(bn), bool(act), float(density)), (batch, cin, h, w)
+        module = _Conv(cin, cout, ks, stride, bool(bn), bool(act), 1.0 if structured else float(density))
+        if structured:
+            with torch.no_grad():
+                module.conv.weight.mul_(structured_mask(module.conv.weight, k))
+        return module, (batch, cin, h, w)
     if k.type == "dwconv":
         c, ks, stride, h, w, act = p[:6]
         return _DW(c, ks, stride, bool(act)), (batch, c, h, w)
     if k.type == "linear":
         tokens, fin, fout, act, density = p[:5]
         shape = (batch, fin) if tokens == 1 else (batch, tokens, fin)
-        return _Linear(fin, fout, bool(act), float(density)), shape
+        module = _Linear(fin, fout, bool(act), 1.0 if structured else float(density))
+        if structured:
+            with torch.no_grad():
+                module.fc.weight.mul_(structured_mask(module.fc.weight, k))
+        return module, shape
     if k.type == "eltwise":
         numel, n_in, act = p[:3]
         return _Eltwise(numel, n_in, bool(act)), (batch, numel)
@@ -206,8 +321,13 @@ def _bits_density(rng: random.Random) -> tuple[float, float]:
     return 1.0, 0.0
 
 
-def random_kernel(rng: random.Random, prior: Sequence[Kernel], types: Sequence[str]) -> Kernel:
-    """One configuration: around a zoo kernel (cut + random alignment) or uniform, never over MAX_MACS."""
+def random_kernel(rng: random.Random, prior: Sequence[Kernel], types: Sequence[str],
+                  structured: bool = False) -> Kernel:
+    """One configuration: around a zoo kernel (cut + random alignment) or uniform, never over MAX_MACS.
+
+    `structured` (runtimes with block-sparse kernels): conv/linear sparsity, scheme and block height are
+    drawn by `_structured_sparsity` instead of the plain 15% of random masks.
+    """
     pool = [k for k in prior if k.type in types]
     if not pool:
         raise ValueError(f"no zoo kernel of types {list(types)} to sample around")
@@ -228,7 +348,12 @@ def random_kernel(rng: random.Random, prior: Sequence[Kernel], types: Sequence[s
                 p[0] = float(p[0] if p[0] <= 3 else _cut(p[0], rng))
                 p[1] = float(_cut(p[1], rng))
                 p[7] = float(rng.random() < 0.6) if rng.random() < 0.3 else p[7]
-            p[8], p[9] = _bits_density(rng)
+            if structured:
+                cin, cout, p[8], p[9], block = _structured_sparsity(rng, "conv", int(p[0]), int(p[1]), int(p[2]))
+                p[0], p[1] = float(cin), float(cout)
+                p = list(with_block("conv", p, block))
+            else:
+                p[8], p[9] = _bits_density(rng)
             macs = p[0] * p[1] * p[2] ** 2 * (p[4] / p[3]) * (p[5] / p[3])
         elif base.type == "dwconv":
             p[0] = float(_cut(p[0], rng) if not uniform else rng.randint(1, 1024))
@@ -243,7 +368,12 @@ def random_kernel(rng: random.Random, prior: Sequence[Kernel], types: Sequence[s
                 p[3] = float(rng.random() < 0.4)
             else:
                 p[1], p[2] = float(_cut(p[1], rng)), float(_cut(p[2], rng))
-            p[4], p[5] = _bits_density(rng)
+            if structured:
+                fin, fout, p[4], p[5], block = _structured_sparsity(rng, "linear", int(p[1]), int(p[2]), 1)
+                p[1], p[2] = float(fin), float(fout)
+                p = list(with_block("linear", p, block))
+            else:
+                p[4], p[5] = _bits_density(rng)
             macs = p[0] * p[1] * p[2]
         elif base.type in ("eltwise", "softmax", "transpose", "norm"):
             scale = rng.uniform(0.05, 1.5)

@@ -115,3 +115,110 @@ def test_kernels_for_model_reads_masked_density():
         model.features[0].weight[:, :, 0, :] = 0  # a third of the 3x3 taps
     k = kernels_for_model(model, (1, 28, 28))[0]
     assert k.type == "conv" and k.params[8] == pytest.approx(2 / 3, abs=0.01)
+
+
+# ------------------------------------------------------------------ block-sparse runtimes (sparse-cpu)
+def test_sparse_cpu_samples_carry_the_structure_of_their_scheme():
+    """Structured samples: every 1xN block all-zero or all-kept, the density they claim, N=4 on the kernels."""
+    import random
+
+    from latency_models.kernels import kernel_block
+    from latency_models.sampling import random_kernel, sample_module, zoo_prior
+    from latency_models.sparse_kernels import convert_model
+    from latency_models.sparse_kernels.modules import SparseConv2d, SparseLinear, choose_block
+
+    rng, prior = random.Random(0), zoo_prior()
+    seen, densities, converted = Counter(), [], Counter()
+    for _ in range(160):
+        k = random_kernel(rng, prior, [rng.choice(("conv", "linear"))], structured=True)
+        i = 8 if k.type == "conv" else 4
+        density, code, block = k.params[i], int(k.params[i + 1]), int(kernel_block(k))
+        module, _ = sample_module(k, 1, rng, structured=True)
+        w = (module.conv if k.type == "conv" else module.fc).weight.detach()
+        assert float((w != 0).float().mean()) == pytest.approx(density, abs=1e-6)
+        densities.append(density)
+        seen[(code, block)] += 1
+        if code in (3, 5):  # block1xn / block_punched: 1xN blocks along output channels
+            assert block in ((2, 4, 8) if code == 3 else (4,))
+            kept = (w != 0).reshape(w.shape[0] // block, block, -1)
+            assert (kept.all(dim=1) | ~kept.any(dim=1)).all(), k
+            if block in (4, 8):
+                assert choose_block(w) == 4
+                if 1 - density >= 0.5 and converted[(code, block)] < 2:  # on the real kernels: N=4
+                    layers = [m for m in convert_model(module).modules() if isinstance(m, SparseConv2d | SparseLinear)]
+                    assert [m.n for m in layers] == [4]
+                    converted[(code, block)] += 1
+        else:
+            assert block == 1
+    assert {(0, 1), (1, 1), (3, 4), (3, 8), (3, 2), (5, 4)} <= set(seen)
+    assert min(densities) < 0.1 and max(densities) == 1.0 and sum(d < 1 for d in densities) > 0.6 * len(densities)
+    assert set(converted) == {(3, 4), (3, 8), (5, 4)}
+
+
+def test_other_runtimes_sample_as_before():
+    """onnxruntime / torch profiles: random masks on 15% of conv/linear samples, codes 1-2, no block parameter."""
+    import random
+
+    from latency_models.sampling import random_kernel, zoo_prior
+
+    rng, prior = random.Random(0), zoo_prior()
+    ks = [random_kernel(rng, prior, [rng.choice(("conv", "linear"))]) for _ in range(300)]
+    assert all(len(k.params) == (12 if k.type == "conv" else 8) for k in ks)
+    codes = Counter(int(k.params[9 if k.type == "conv" else 5]) for k in ks)
+    assert set(codes) <= {0, 1, 2} and 0.05 < (codes[1] + codes[2]) / len(ks) < 0.3
+
+
+def _layer_kernel(space, skel, name, decision):
+    layers = space.compressed_layers(space.dense_policy().with_layer(name, decision))
+    return next(k for k in compressed_kernels(skel, layers) if k.layer == name)
+
+
+def test_block_height_is_a_feature_of_block_sparse_profiles_only():
+    from automl.policy import LayerDecision
+    from latency_models.kernels import kernel_block
+    from search_spaces import SearchSpace
+
+    model = build_model("resnet20", 1, 10, 28)
+    space = SearchSpace.from_model(model, "resnet20", (1, 28, 28))
+    skel = skeleton(model, (1, 28, 28))
+    name = "layer2.1.conv1"
+    ks = {label: _layer_kernel(space, skel, name, d) for label, d in {
+        "unstructured": LayerDecision("unstructured", sparsity=0.5),
+        "1x4": LayerDecision("block1xn", sparsity=0.5, n=4),
+        "1x2": LayerDecision("block1xn", sparsity=0.5, n=2),
+        "punched": LayerDecision("block_punched", sparsity=0.5, block=(4, 4))}.items()}
+    assert {label: k.params[8] for label, k in ks.items()} == dict.fromkeys(ks, 0.5)  # equal density
+    assert {label: kernel_block(k) for label, k in ks.items()} == {"unstructured": 1, "1x4": 4, "1x2": 2,
+                                                                  "punched": 4}
+    with_blocks = {label: features(k, block=True) for label, k in ks.items()}
+    assert with_blocks["1x4"] != with_blocks["unstructured"]
+    differ = [i for i, (a, b) in enumerate(zip(with_blocks["1x4"], with_blocks["1x2"], strict=True)) if a != b]
+    assert differ == [len(features(ks["1x4"]))]  # same scheme code: only the block height tells them apart
+    # the other runtimes' features are what they were before the block parameter existed
+    plain = Kernel("conv", ks["1x4"].params[:12])
+    assert features(ks["1x4"]) == features(plain) and len(features(plain)) == len(features(channel_sweep([64])[0]))
+
+
+def test_block_height_read_off_weights_matches_the_policy():
+    import torch
+
+    from automl.policy import LayerDecision
+    from latency_models.kernels import kernel_block
+    from search_spaces import SearchSpace, apply_policy
+
+    model = build_model("resnet20", 1, 10, 28)
+    space = SearchSpace.from_model(model, "resnet20", (1, 28, 28))
+    decisions = {"layer2.1.conv1": LayerDecision("block1xn", sparsity=0.5, n=4),
+                 "layer3.0.conv2": LayerDecision("block_punched", sparsity=0.75, block=(4, 4)),
+                 "layer1.0.conv1": LayerDecision("unstructured", sparsity=0.7),
+                 "fc": LayerDecision("block1xn", sparsity=0.6, n=2)}
+    policy = space.dense_policy()
+    for name, d in decisions.items():
+        policy = policy.with_layer(name, d)
+    traced = {k.layer: k for k in kernels_for_model(apply_policy(model, policy, torch.zeros(1, 1, 28, 28)).model,
+                                                     (1, 28, 28)) if k.layer}
+    predicted = {k.layer: k for k in compressed_kernels(skeleton(model, (1, 28, 28)), space.compressed_layers(policy))
+                 if k.layer}
+    expected = {"layer2.1.conv1": 4, "layer3.0.conv2": 4, "layer1.0.conv1": 1, "fc": 2, "layer1.0.conv2": 1}
+    assert {n: kernel_block(traced[n]) for n in expected} == expected
+    assert {n: kernel_block(predicted[n]) for n in expected} == expected

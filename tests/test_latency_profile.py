@@ -128,3 +128,59 @@ def test_pairs_refit_the_calibration(profile, tmp_path):
     assert report["pairs"] == 3 and report["within_10pct_after"] == 1.0
     assert profile.calibration == pytest.approx((1.2, 0.1))
     profile.calibration = (1.0, 0.0)
+
+
+# ------------------------------------------------------------------ block-sparse runtimes (sparse-cpu)
+@pytest.fixture(scope="module")
+def sparse_profile() -> DeviceProfile:
+    from _sparse_profile import synthetic_profile
+
+    return synthetic_profile("sparse-cpu")
+
+
+def _resnet20_space():
+    from automl.models import build_model
+    from search_spaces import SearchSpace
+
+    return SearchSpace.from_model(build_model("resnet20", 1, 10, 28), "resnet20", (1, 28, 28))
+
+
+def test_sparse_cpu_profile_learns_what_blocks_gain(sparse_profile):
+    """Fitted on samples whose latencies follow the measured kernel speedups (tests/_sparse_profile.py)."""
+    from automl.policy import LayerDecision
+
+    assert sparse_profile.structured and sparse_profile.predictor.block_features
+    space = _resnet20_space()
+    dense = predict_policy(sparse_profile, space, space.dense_policy()).ms
+
+    def ms(decision):
+        return predict_policy(sparse_profile, space, space.dense_policy().with_layer("layer1.1.conv1", decision)).ms
+
+    unstructured = ms(LayerDecision("unstructured", sparsity=0.5))
+    one_by_four = ms(LayerDecision("block1xn", sparsity=0.5, n=4))
+    one_by_two = ms(LayerDecision("block1xn", sparsity=0.5, n=2))
+    saved = dense - one_by_four
+    assert saved > 0.01  # the layer takes ~0.08 ms dense; 1x4 blocks at 50% about halve it
+    assert dense - unstructured < 0.5 * saved and dense - one_by_two < 0.5 * saved  # N=1 / N=2 need more
+
+
+def test_profile_versions_and_features_per_runtime(profile, sparse_profile, tmp_path):
+    """onnxruntime profiles keep version 1 and their features; sparse-cpu ones are version 2 and both load."""
+    from latency_models.profile import _key
+
+    assert profile.to_dict()["schema_version"] == 1 and not profile.predictor.block_features
+    path = sparse_profile.save(tmp_path / "sparse.json")
+    assert json.loads(path.read_text())["schema_version"] == 2
+    again = DeviceProfile.load(path)
+    assert again.format_version == 2 and again.predictor.block_features
+    space = _resnet20_space()
+    assert predict_policy(again, space, space.dense_policy()).ms == pytest.approx(
+        predict_policy(sparse_profile, space, space.dense_policy()).ms)
+    # a sparse-cpu profile of the first format (random masks, no block parameter) still loads
+    old = sparse_profile.to_dict() | {"schema_version": 1}
+    old["samples"] = [[t, p[:12] if t == "conv" else p[:8] if t == "linear" else p, ms] for t, p, ms in old["samples"]]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert DeviceProfile.load(tmp_path / "old.json").format_version == 1
+    # measured samples of the two samplings never mix in a side file
+    assert "sampling" in _key("sparse-cpu", 1, 1, "fp32", "x") and "sampling" not in _key("onnxruntime", 1, 1,
+                                                                                           "fp32", "x")

@@ -34,6 +34,9 @@ class Runtime(ABC):
     precisions: tuple[str, ...] = ("fp32",)
     #: artifact file suffix, for people who save an artifact to disk
     suffix: str = ".bin"
+    #: the runtime has kernels for block-structured sparse weights (1xN blocks), so its device profile
+    #: samples structured masks and learns the block height (`latency_models.profile`)
+    structured_sparsity: bool = False
 
     @abstractmethod
     def export(self, model: Any, example_input: Any, precision: str = "fp32") -> bytes:

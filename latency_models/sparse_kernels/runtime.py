@@ -23,6 +23,7 @@ class SparseCpuRuntime(Runtime):
     precisions = ("fp32",)
     suffix = ".pt"
     compile = COMPILE
+    structured_sparsity = True
 
     def export(self, model: Any, example_input: Any, precision: str = "fp32") -> bytes:
         import torch
