@@ -34,6 +34,7 @@ def _config(tmp_path: Path, **over) -> Path:
         "proxy_val_images": 40,
         "calib_batches": 1,
         "measure_top_k": 2,
+        "uniform_bisect_steps": 3,
         "latency": {"profile_minutes": 0.1},
         "finetune": {"epochs": 0.1, "calib_batches": 1},
         "threads": 1,

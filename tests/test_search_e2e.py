@@ -146,7 +146,10 @@ def test_worker_killed_mid_trial_is_retried(tmp_path, store):
     assert all(r.data.tags["automl.status"] == "ok" for r in proxies)
 
 
-def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, store):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, store, sig):
+    """SIGKILL: the parent stays 'running'; Ctrl-C (SIGINT to the process group, as a terminal sends it):
+    Ray Tune stops early and returns, and the search must be marked interrupted, not finished."""
     uri, client = store
     ray_tmp = _short_tmp()
     cfg = _write_config(tmp_path, "resumable", candidates=6, ray={**TINY["ray"], "workers": 1},
@@ -164,13 +167,16 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, store):
             time.sleep(0.5)
         else:
             pytest.fail("the search logged fewer than 2 candidates in 300 s")
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+        os.killpg(driver.pid, sig)
+        code = driver.wait(timeout=120)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
         _kill_leftovers(ray_tmp)
     (parent,) = _parents(client, "resumable")
+    if sig == signal.SIGINT:
+        assert code != 0
+        assert parent.data.tags["automl.status"] == "interrupted"
     before = {int(r.data.tags["automl.candidate"]): r.info.run_id for r in _children(client, parent.info.run_id, "proxy")}
     assert 2 <= len(before) < 6
 

@@ -310,6 +310,10 @@ class SearchRunner:
                                           callbacks=[logger], progress_reporter=None),
             )
             tuner.fit()
+            if len(logger.records) < remaining:
+                # Ray Tune handles SIGINT itself: it stops scheduling, checkpoints and returns normally.
+                # Fewer finished trials than asked for means the search was interrupted, not done.
+                raise KeyboardInterrupt(f"{len(logger.records)} of {remaining} candidates finished")
             return logger.records
         finally:
             if started:

@@ -100,6 +100,7 @@ class HeadlineConfig(_Strict):
     baselines: list[Literal["uniform_channel", "global_magnitude"]] = Field(
         default_factory=lambda: ["uniform_channel", "global_magnitude"])
     uniform_align: int = Field(8, ge=1)
+    uniform_bisect_steps: int = Field(7, ge=1, description="measured bisection steps of the uniform baseline")
     space: dict[str, Any] = Field(default_factory=dict, description="search_spaces.SpaceConfig options")
     latency: LatencySpec = Field(default_factory=LatencySpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
@@ -451,7 +452,9 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         bits = None if setting == "fp32" else 8
         space_cfg = SpaceConfig.from_dict(space_options(cfg, setting))
         space = SearchSpace.from_model(base, spec.name, shape, space_cfg)
-        budget_pred_ms = predicted_budget(cfg, space, measurer, setting, bits, target_ms)
+        agent_keys = [f"{spec.name}/{setting}/{a}/s{seed}" for seed in spec.seeds for a in cfg.agents]
+        budget_pred_ms = (predicted_budget(cfg, space, measurer, setting, bits, target_ms)
+                          if any(store.get(k, sig) is None for k in agent_keys) else None)
 
         def cell_of(method: str, policy, ms: float, within: bool, seed: int, extra: dict[str, Any],
                     space=space, setting=setting) -> dict[str, Any]:
@@ -536,7 +539,8 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                 t0 = time.perf_counter()
                 if baseline == "uniform_channel":
                     policy, ms, within = uniform_channel_at_latency(base, spec.name, shape, space_cfg, measurer,
-                                                                    setting, target_ms, cfg.uniform_align, bits)
+                                                                    setting, target_ms, cfg.uniform_align, bits,
+                                                                    iters=cfg.uniform_bisect_steps)
                 else:
                     policy = with_bits(global_magnitude(base, cfg.budget_ratio, shape, model_name=spec.name),
                                        space, bits)

@@ -15,8 +15,13 @@ does not fight torch's threads.
 e2e: ResNet-20 and MobileNetV2 with every eligible conv (groups 1, more than 3 input channels) pruned to
 75% in 1x4 blocks, on the sparse-cpu runtime (compiled and eager), against the dense model on
 onnxruntime fp32 (the fastest dense runtime here, GUIDE §2) and int8; each timed in a fresh process by latency_models.compare, the
-runtimes alternated for `--rounds` rounds, medians reported. Accuracy after fine-tune is not measured here
-(random weights: only speed); it belongs to the headline benchmark.
+runtimes alternated for `--rounds` rounds, medians reported (random weights: only speed).
+
+accuracy: the trained 28x28 Fashion-MNIST models pruned the same way by the compression engine (block1xn,
+filter rearrangement), fine-tuned with the headline's recipe, then test accuracy and latency on sparse-cpu
+vs dense onnxruntime fp32 / int8:
+
+    .venv/bin/python experiments/benchmarks/sparse_kernels.py accuracy --models resnet20 mobilenetv2 --rounds 3
 """
 
 from __future__ import annotations
@@ -164,9 +169,59 @@ def bench_e2e(resolutions: list[int], batches: list[int], rounds: int, repeats: 
     return rows
 
 
+def bench_accuracy(models: list[str], sparsity: float, n: int, epochs: float, rounds: int, repeats: int,
+                   threads: int) -> list[dict]:
+    """Trained zoo models (the quickstart's 3-epoch Fashion-MNIST checkpoints): every eligible conv pruned to
+    `sparsity` in 1xn blocks by the compression engine (`block1xn`, with filter rearrangement), the same
+    fine-tune as the headline benchmark, then accuracy and latency on sparse-cpu vs dense onnxruntime."""
+    from automl.data import load_dataset
+    from automl.evaluation import finetune_and_test
+    from automl.policy import CompressionPolicy, LayerDecision
+    from automl.training import train_or_load
+    from latency_models import compare
+    from search_spaces import SearchSpace, apply_policy
+
+    rows = []
+    splits = load_dataset("fashion-mnist", seed=0)
+    for name in models:
+        ckpt = train_or_load(name, epochs=3, seed=0, threads=threads)
+        torch.set_num_threads(threads)
+        base = ckpt.model.eval()
+        space = SearchSpace.from_model(base, name, splits.input_shape)
+        layers = {}
+        for lc in space.layers:
+            info = lc.layer
+            if (info.kind in ("conv3x3", "conv1x1") and info.groups == 1 and info.in_channels > 3
+                    and info.out_channels % n == 0 and "block1xn" in lc.schemes):
+                layers[info.name] = LayerDecision("block1xn", sparsity=sparsity, n=n)
+        policy = CompressionPolicy(name, layers)
+        ft = finetune_and_test(base, policy, splits, epochs=epochs, lr=0.01, seed=0)
+        compressed = apply_policy(base, policy, splits.x_val[:1]).model.eval()
+        ms: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for key, rt, model, prec in (("sparse-cpu", "sparse-cpu", compressed, "fp32"),
+                                         ("onnxruntime fp32", "onnxruntime", base, "fp32"),
+                                         ("onnxruntime int8", "onnxruntime", base, "int8")):
+                est = compare([model], splits.input_shape, runtime=rt, batch=1, threads=1, precision=prec,
+                              repeats=repeats)[0]
+                ms.setdefault(key, []).append(est.ms)
+        med = {k: statistics.median(v) for k, v in ms.items()}
+        row = {"model": name, "layers_pruned": len(layers), "sparsity": sparsity, "n": n,
+               "dense_test_acc": float(ckpt.meta["test_acc"]), "test_acc_before_ft": ft["test_accuracy_before"],
+               "test_acc": ft["test_accuracy"], "finetune_epochs": epochs, "ms": med,
+               "sparse_vs_ort_fp32": med["onnxruntime fp32"] / med["sparse-cpu"],
+               "sparse_vs_ort_int8": med["onnxruntime int8"] / med["sparse-cpu"]}
+        rows.append(row)
+        print(f"{name}: {len(layers)} convs at {sparsity:.0%} in 1x{n} blocks, test acc {100 * row['test_acc']:.2f}% "
+              f"(dense {100 * row['dense_test_acc']:.2f}%, before FT {100 * row['test_acc_before_ft']:.2f}%); "
+              + ", ".join(f"{k} {v:.3f} ms" for k, v in med.items())
+              + f" | sparse vs ORT fp32 {row['sparse_vs_ort_fp32']:.2f}x", flush=True)
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["layers", "e2e"])
+    p.add_argument("part", choices=["layers", "e2e", "accuracy"])
     p.add_argument("--res", type=int, nargs="+", default=[28, 96])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -174,10 +229,17 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=100, help="e2e: timed calls per measurement")
     p.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"], help="e2e: zoo models")
+    p.add_argument("--sparsity", type=float, default=0.75, help="accuracy: block sparsity of every eligible conv")
+    p.add_argument("--n", type=int, default=4, help="accuracy: block height")
+    p.add_argument("--finetune-epochs", type=float, default=1.0, help="accuracy: the headline's fine-tune")
+    p.add_argument("--train-threads", type=int, default=2, help="accuracy: torch threads for fine-tuning")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.part == "layers":
         rows = bench_layers(args.res, args.threads, args.reps, args.rounds)
+    elif args.part == "accuracy":
+        rows = bench_accuracy(args.models, args.sparsity, args.n, args.finetune_epochs, max(1, args.rounds),
+                              args.repeats, args.train_threads)
     else:
         rows = bench_e2e(args.res, args.batches, max(1, args.rounds), args.repeats, args.models)
     if args.out:
