@@ -10,6 +10,12 @@ Each traced tensor remembers which prunable layer's output channels it carries (
 non-prunable kernels (adds, pools, norms, attention matmuls) of a *compressed* model can be derived
 from the dense trace by scaling with the owner's kept-channel ratio; `predict_policy` never re-traces.
 
+Tensor ops that are no kernel of their own (reshape, view, flatten, expand, getitem, cat, chunk,
+contiguous, the transposes a matmul absorbs, ...) become `glue` kernels: torch eager pays a Python and
+dispatcher call for each (1-6 us here, ~40 of them in vit_tiny), onnxruntime a cheap node. Whether one
+copies (its output has storage of its own: cat, reshape of a transposed tensor) is recorded; profiles of
+the first two formats have no glue samples and count them as free (see `KernelPredictor`).
+
 Conv and linear kernels may carry one optional last parameter, `block`: the height of the 1xN blocks
 (along output channels) that the weight's zeros form (block1xn: n, block_punched: its rows). A runtime
 with a block-sparse kernel (sparse-cpu) runs 1x4 blocks several times faster than unstructured zeros of
@@ -29,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-KERNEL_TYPES = ("conv", "dwconv", "linear", "eltwise", "pool", "norm", "softmax", "matmul", "transpose")
+KERNEL_TYPES = ("conv", "dwconv", "linear", "eltwise", "pool", "norm", "softmax", "matmul", "transpose", "glue")
 SCHEME_CODES = {"dense": 0, "unstructured": 1, "channel": 0, "nm": 2, "block1xn": 3, "pattern": 4, "block_punched": 5}
 #: conv / linear parameters before the optional `block` (see the module docstring)
 BASE_PARAMS = {"conv": 12, "linear": 8}
@@ -50,6 +56,7 @@ class Kernel:
     eltwise: numel, n_inputs, has_act        pool: numel_in, numel_out
     norm:    numel, dim                      softmax: numel
     matmul:  batch, m, k, n                  transpose: numel
+    glue:    numel (of its output), copies (1 if the output has storage of its own, else 0)
     """
 
     type: str
@@ -119,6 +126,26 @@ _SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax}
 _TRANSPOSE = {torch.transpose, torch.Tensor.transpose, torch.Tensor.permute, torch.permute}
 _SHAPE = {torch.Tensor.reshape, torch.reshape, torch.Tensor.view, torch.flatten, torch.Tensor.flatten}
 _CAT = {torch.cat}
+#: calls that yield no tensor data op even when they return a tensor (factory calls of the input, metadata)
+_NOT_GLUE = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.__len__, torch.zeros}
+
+
+def _tensors(args: Any) -> list[torch.Tensor]:
+    """The tensors among `args` (one level into lists and tuples: torch.cat's operands)."""
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(t for t in a if isinstance(t, torch.Tensor))
+    return out
+
+
+def _storage(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:  # tensors without storage (meta, functional wrappers)
+        return -1
 
 
 class _Tracer(TorchFunctionMode):
@@ -240,6 +267,8 @@ class _Tracer(TorchFunctionMode):
             if x.shape[-1] != 1 and x.shape[-2] != 1 and not (x.dim() > 2 and perm[-1] == nd - 1):
                 self.kernels.append({"type": "transpose", "p": [x.numel() // x.shape[0]], "owner": m.owner,
                                      "scaled": (0,) if m.owner else ()})
+            else:
+                self._glue(out, args, m)
             self._set(out, _Meta(m.owner, cd), None)
         elif func in _SHAPE:
             m = self._m(x)
@@ -253,12 +282,30 @@ class _Tracer(TorchFunctionMode):
                     cd = -1  # merging heads back
                 else:
                     cd = None
+            self._glue(out, args, m)
             self._set(out, _Meta(m.owner, cd), None)
         elif func in _CAT:
+            self._glue(out, args, _Meta(None, None))
             self._set(out, _Meta(None, None), None)
-        elif isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor):
-            self._set(out, self._m(x), self.last.get(id(x)))
+        elif func not in _NOT_GLUE and _tensors(out if isinstance(out, (list, tuple)) else [out]):
+            src = _tensors(args)
+            m = self._m(src[0]) if src else _Meta(None, None)
+            self._glue(out, args, m)
+            if isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor):
+                self._set(out, self._m(x), self.last.get(id(x)))
         return out
+
+    def _glue(self, out: Any, args: Any, m: _Meta) -> None:
+        """Record a tensor op that is no kernel of its own: its output size and whether it copied."""
+        outs = _tensors(out if isinstance(out, (list, tuple)) else [out])
+        if not outs:
+            return
+        numel = sum(t.numel() for t in outs)
+        lead = outs[0].shape[0] if outs[0].dim() > 0 else 1
+        ins = {_storage(t) for t in _tensors(args)}
+        copies = float(_storage(outs[0]) not in ins)
+        self.kernels.append({"type": "glue", "p": [max(1, numel // max(1, lead)), copies], "owner": m.owner,
+                             "scaled": (0,) if m.owner else ()})
 
     def _eltwise(self, out: Any, x: torch.Tensor, n_inputs: int, owner_from: list[_Meta] | None = None) -> None:
         metas = owner_from or [self._m(x)]
@@ -276,9 +323,10 @@ def trace_kernels(model: nn.Module, input_shape: Sequence[int]) -> list[Kernel]:
     was_training = model.training
     model.eval()
     tracer = _Tracer(names)
+    x = torch.zeros(1, *input_shape)
     try:
         with tracer:
-            model(torch.zeros(1, *input_shape))
+            model(x)
     finally:
         model.train(was_training)
     out = []

@@ -4,6 +4,13 @@
 see the same machine state (the machine is shared: a figure taken alone in a noisy minute would be
 compared with one taken in a quiet minute otherwise). `device="http://host:port"` sends the model to
 a device agent (`automl device-agent`) instead.
+
+The protocol (`DEFAULT_*`): at least `repeats` calls, raised until each model is timed for about
+`target_ms` in total, spread over `rounds` interleaved slices. On this shared machine the speed changes
+in spells of a second or so (other jobs, the host): 60 calls of a 0.5 ms model span 30 ms, so one
+spell moved whole batches of medians by up to 1.7x between runs, while ~1 s per model in 10-30 slices
+kept them within ~2%. Device profiles time their whole random networks with the same protocol and fit
+the same statistic, the median, so a predicted figure means what a measured one does.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ from latency_models.runtimes.base import RuntimeError_, get_runtime, runtime_tar
 
 DEFAULT_WARMUP = 20
 DEFAULT_REPEATS = 100
+#: interleaved slices the repeats are spread over (each item gets repeats / rounds calls per slice)
+DEFAULT_ROUNDS = 10
+#: time each item for about this long in total (repeats raised up to 50x): spans the machine's slow spells
+DEFAULT_TARGET_MS = 1000.0
 WORKER_TIMEOUT_S = 600
 
 
@@ -69,7 +80,7 @@ def run_worker(runtime: str, artifacts: list[bytes], shapes: list[Sequence[int]]
 
 def run_inprocess(runtime: str, artifacts: list[bytes], shapes: list[Sequence[int]], *, threads: int = 1,
                   warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS,
-                  rounds: int = 5) -> list[dict[str, Any]]:
+                  rounds: int = 5, target_ms: float = 0.0) -> list[dict[str, Any]]:
     """The same timing loop without a subprocess (isolate=False; the device agent uses it)."""
     from latency_models import _worker
 
@@ -80,7 +91,7 @@ def run_inprocess(runtime: str, artifacts: list[bytes], shapes: list[Sequence[in
             path.write_bytes(art)
             items.append({"artifact": str(path), "shape": list(shape)})
         return _worker.run_job({"runtime_target": runtime_target(runtime), "threads": threads, "warmup": warmup,
-                                "repeats": repeats, "rounds": rounds, "items": items})
+                                "repeats": repeats, "rounds": rounds, "target_ms": target_ms, "items": items})
 
 
 def to_estimate(result: dict[str, Any], *, device: str, runtime: str, batch: int, threads: int,
@@ -96,8 +107,14 @@ def to_estimate(result: dict[str, Any], *, device: str, runtime: str, batch: int
 def compare(models: Sequence[Any], input_shape: Sequence[int], *, runtime: str = "onnxruntime", batch: int = 1,
             threads: int = 1, precision: str = "fp32", warmup: int = DEFAULT_WARMUP,
             repeats: int = DEFAULT_REPEATS, isolate: bool = True, device: str | None = None,
-            timeout_s: float = 60.0) -> list[LatencyEstimate]:
-    """Time several models interleaved (round-robin in one process): fair comparisons on a busy machine."""
+            timeout_s: float = 60.0, rounds: int = DEFAULT_ROUNDS,
+            target_ms: float = DEFAULT_TARGET_MS) -> list[LatencyEstimate]:
+    """Time several models interleaved (round-robin in one process): fair comparisons on a busy machine.
+
+    Each model gets at least `repeats` calls, more until it was timed for about `target_ms` (0: exactly
+    `repeats`), in `rounds` interleaved slices (the module docstring's protocol). A device agent times
+    `repeats` calls per model.
+    """
     rt = get_runtime(runtime)
     rt.check_precision(precision)
     example = _example(input_shape, batch)
@@ -115,7 +132,8 @@ def compare(models: Sequence[Any], input_shape: Sequence[int], *, runtime: str =
         return [client.measure(a, shapes[0], runtime=rt.name, batch=batch, threads=threads, precision=precision,
                                warmup=warmup, repeats=repeats) for a in artifacts]
     runner = run_worker if isolate else run_inprocess
-    results = runner(rt.name, artifacts, shapes, threads=threads, warmup=warmup, repeats=repeats)
+    results = runner(rt.name, artifacts, shapes, threads=threads, warmup=warmup, repeats=repeats, rounds=rounds,
+                     target_ms=target_ms)
     return [to_estimate(r, device=device_name(), runtime=rt.name, batch=batch, threads=threads,
                         precision=precision) for r in results]
 
@@ -123,11 +141,13 @@ def compare(models: Sequence[Any], input_shape: Sequence[int], *, runtime: str =
 def measure_latency(model: Any, input_shape: Sequence[int], *, runtime: str = "onnxruntime", batch: int = 1,
                     threads: int = 1, precision: str = "fp32", warmup: int = DEFAULT_WARMUP,
                     repeats: int = DEFAULT_REPEATS, isolate: bool = True, device: str | None = None,
-                    timeout_s: float = 60.0) -> LatencyEstimate:
+                    timeout_s: float = 60.0, rounds: int = DEFAULT_ROUNDS,
+                    target_ms: float = DEFAULT_TARGET_MS) -> LatencyEstimate:
     """Median latency of `model` on one input of `batch` x `input_shape` (per-sample shape, e.g. (1, 28, 28)).
 
     isolate=True times in a fresh process with `threads` pinned; device="http://host:port" times on a
     device agent (timeout_s bounds every HTTP call, so an unreachable agent fails fast).
     """
     return compare([model], input_shape, runtime=runtime, batch=batch, threads=threads, precision=precision,
-                   warmup=warmup, repeats=repeats, isolate=isolate, device=device, timeout_s=timeout_s)[0]
+                   warmup=warmup, repeats=repeats, isolate=isolate, device=device, timeout_s=timeout_s,
+                   rounds=rounds, target_ms=target_ms)[0]

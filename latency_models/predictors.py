@@ -6,6 +6,13 @@ about: channel counts modulo 4/8/16, counts rounded up to 8/16 (the SIMD and blo
 whether both channel counts are multiples of 8 (onnxruntime's NCHWc path on AVX2), MACs padded to
 those widths, density and bits. Uncertainty: each type's cross-validated relative error, applied per
 kernel and combined over the model.
+
+`relative=True` (profiles of `MEDIAN_PROFILE_VERSION`) fits each type's trees on latency *relative to*
+a linear cost first fitted to that type's samples (fixed cost + work, work = MACs or elements): trees
+are constant outside the range they saw, so a kernel bigger than any sample (the context networks' wide
+VGG convs) was predicted at the biggest sample's latency; relative to the linear cost it extrapolates
+with it. Types a profile has no sample of are an error, except `OPTIONAL_TYPES` (glue ops, which profiles
+of the first formats never sampled): those cost nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from typing import Any
 import numpy as np
 
 from latency_models.kernels import Kernel, kernel_block
+
+#: kernel types a profile may lack samples of (then predicted free, as before they were traced)
+OPTIONAL_TYPES = frozenset({"glue"})
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,35 @@ def features(k: Kernel, block: bool = False) -> list[float]:
         return [math.log(p[0] + 1), math.log(p[1] + 1), p[0] / max(1.0, p[1])]
     if k.type == "norm":
         return [math.log(p[0] + 1), *_align_feats(p[1])]
+    if k.type == "glue":
+        return [math.log(p[0] + 1), p[1]]
     return [math.log(p[0] + 1), p[0] % 8]
+
+
+def work(k: Kernel) -> float:
+    """What a kernel's time grows with: MACs for conv / dwconv / linear / matmul, elements otherwise."""
+    p = k.params
+    if k.type == "conv":
+        return p[0] * p[1] * p[2] ** 2 * math.ceil(p[4] / p[3]) * math.ceil(p[5] / p[3])
+    if k.type == "dwconv":
+        return p[0] * p[1] ** 2 * math.ceil(p[3] / p[2]) * math.ceil(p[4] / p[2])
+    if k.type == "linear":
+        return p[0] * p[1] * p[2]
+    if k.type == "matmul":
+        return p[0] * p[1] * p[2] * p[3]
+    return p[0]
+
+
+def fit_linear_cost(works: np.ndarray, ms: np.ndarray) -> tuple[float, float]:
+    """(fixed ms, ms per unit of work) minimising the relative error, both kept positive."""
+    A = np.stack([np.ones_like(works), works], axis=1) / ms[:, None]
+    a, b = np.linalg.lstsq(A, np.ones(len(ms)), rcond=None)[0]
+    if b <= 0:
+        return float(np.median(ms)), 0.0
+    if a <= 0:  # no fixed cost: proportional to work alone
+        r = works.clip(min=1.0) / ms
+        a, b = 1e-6, float(r.sum() / (r**2).sum())
+    return float(a), float(b)
 
 
 def _block_feats(block: float, density: float, macs: float) -> list[float]:
@@ -153,12 +191,15 @@ class KernelPredictor(LatencyPredictor):
     """One gradient-boosted regressor per kernel type on log(ms); memoizes per-kernel predictions."""
 
     def __init__(self, n_estimators: int = 300, max_depth: int = 4, learning_rate: float = 0.05, seed: int = 0,
-                 block_features: bool = False):
+                 block_features: bool = False, relative: bool = False):
         self.params = {"n_estimators": n_estimators, "max_depth": max_depth, "learning_rate": learning_rate,
                        "subsample": 0.8, "min_samples_leaf": 2, "random_state": seed}
         #: conv/linear features include the weight's block structure (see `features`); set by the profile
         #: from its runtime before fitting
         self.block_features = block_features
+        #: regress latency relative to a per-type linear cost (see the module docstring); set by the profile
+        self.relative = relative
+        self.linear_cost: dict[str, tuple[float, float]] = {}
         self.models: dict[str, Any] = {}
         self.rel_err: dict[str, float] = {}
         self._memo: dict[tuple, tuple[float, float]] = {}
@@ -172,10 +213,14 @@ class KernelPredictor(LatencyPredictor):
             if s.ms > 0:
                 by_type.setdefault(s.kernel.type, []).append(s)
         report: dict[str, Any] = {}
-        self.models, self.rel_err, self._memo = {}, {}, {}
+        self.models, self.rel_err, self._memo, self.linear_cost = {}, {}, {}, {}
         for t, rows in sorted(by_type.items()):
             X = np.array([features(s.kernel, self.block_features) for s in rows])
-            y = np.log(np.array([s.ms for s in rows]))
+            ms = np.array([s.ms for s in rows])
+            y = np.log(ms)
+            if self.relative:
+                self.linear_cost[t] = fit_linear_cost(np.array([work(s.kernel) for s in rows]), ms)
+                y = y - np.log(self._cost(t, rows))
             if len(rows) < 6:  # too few to learn a shape: a constant, honestly uncertain
                 self.models[t] = float(np.median(y))
                 self.rel_err[t] = 0.5
@@ -197,6 +242,11 @@ class KernelPredictor(LatencyPredictor):
             report[t] = {"samples": len(rows), "cv_within_10pct": within, "cv_rel_rmse": rmse}
         return report
 
+    def _cost(self, t: str, rows: Sequence[Any]) -> np.ndarray:
+        """The linear cost of kernels (or samples) of type t."""
+        a, b = self.linear_cost[t]
+        return np.array([a + b * work(getattr(r, "kernel", r)) for r in rows])
+
     def predict_kernels(self, kernels: Sequence[Kernel]) -> tuple[np.ndarray, np.ndarray]:
         ms = np.zeros(len(kernels))
         std = np.zeros(len(kernels))
@@ -212,12 +262,16 @@ class KernelPredictor(LatencyPredictor):
                 ms[i], std[i] = hit
         for t, idx in todo.items():
             model = self.models.get(t)
+            if model is None and t in OPTIONAL_TYPES:
+                continue  # zeros
             if model is None:
                 raise KeyError(f"the profile has no samples of '{t}' kernels; rebuild it (automl latency profile)")
             if isinstance(model, float):
                 pred = np.full(len(idx), model)
             else:
                 pred = model.predict(np.array([features(kernels[i], self.block_features) for i in idx]))
+            if t in self.linear_cost:
+                pred = pred + np.log(self._cost(t, [kernels[i] for i in idx]))
             for i, v in zip(idx, pred, strict=True):
                 ms[i] = math.exp(float(v))
                 std[i] = ms[i] * self.rel_err[t]

@@ -20,27 +20,63 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latency_models.estimate import LatencyEstimate, device_fingerprint, device_info, low_quantile
+from latency_models.estimate import LatencyEstimate, device_fingerprint, device_info, summarize
 from latency_models.kernels import Kernel, compressed_kernels, kernels_for_model, skeleton
 from latency_models.predictors import KernelPredictor, Sample
 
 PROFILE_FORMAT = "compress-search/latency-profile"
+#: the first format: kernel samples and whole networks fitted on their fastest decile (p10)
 PROFILE_VERSION = 1
 #: profiles of runtimes with block-sparse kernels (sparse-cpu) built with structured samples: their conv /
-#: linear samples may carry the block height (`latency_models.kernels`). Other runtimes' profiles stay at
-#: PROFILE_VERSION; both versions load.
+#: linear samples may carry the block height (`latency_models.kernels`). Fastest decile, as version 1.
 STRUCTURED_PROFILE_VERSION = 2
-READABLE_VERSIONS = (PROFILE_VERSION, STRUCTURED_PROFILE_VERSION)
+#: profiles of the other runtimes (onnxruntime, torch) since issue 10: kernel samples and whole networks are
+#: fitted on their *median*, what `measure_latency` reports as measured, the networks timed with its
+#: protocol (`latency_models.measure`); glue ops are sampled; the regressors fit latency relative to a
+#: linear cost per type (`KernelPredictor.relative`). A cached profile of an older version is rebuilt by
+#: `get_or_build_profile` (it predicted another statistic); all three versions load.
+MEDIAN_PROFILE_VERSION = 3
+READABLE_VERSIONS = (PROFILE_VERSION, STRUCTURED_PROFILE_VERSION, MEDIAN_PROFILE_VERSION)
 #: the side-file key of structured samples, so a rebuild never mixes in random-mask samples of an older build
 STRUCTURED_SAMPLING = "structured-1"
+#: the side-file key of MEDIAN_PROFILE_VERSION samples (never mixed with fastest-decile ones)
+MEDIAN_SAMPLING = "median-1"
 KERNEL_MIX = (("conv", 0.45), ("dwconv", 0.12), ("linear", 0.15), ("eltwise", 0.08), ("pool", 0.04),
               ("norm", 0.04), ("softmax", 0.03), ("matmul", 0.05), ("transpose", 0.04))
+#: MEDIAN_PROFILE_VERSION samples glue ops too (a few suffice: they cost about the same whatever their size)
+MEDIAN_KERNEL_MIX = KERNEL_MIX + (("glue", 0.03),)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a profile times its samples: the statistic fitted and the worker's timing parameters."""
+
+    statistic: str  # "p10" or "median" (keys of `latency_models.estimate.summarize`)
+    kernel_rounds: int
+    kernel_target_ms: float
+    network_repeats: int
+    network_rounds: int
+    network_target_ms: float
+    #: the per-call baseline runs no op (`sampling.baseline_module`), so samples keep their ops' cost
+    identity_baseline: bool = False
+
+
+#: versions 1-2: fastest decile, few rounds; version 3: the median, networks in many interleaved slices, for
+#: ~0.4 s each (each chunk of 6 spans ~2.5 s, as `measure_latency`'s ~1 s per model does)
+PROTOCOLS = {PROFILE_VERSION: Protocol("p10", 3, 40.0, 30, 3, 60.0),
+             STRUCTURED_PROFILE_VERSION: Protocol("p10", 3, 40.0, 30, 3, 60.0),
+             MEDIAN_PROFILE_VERSION: Protocol("median", 10, 40.0, 30, 10, 400.0, identity_baseline=True)}
 ProgressFn = Callable[[str], None]
 MIN_KERNEL_MS = 5e-4  # no runtime node costs less than ~0.5 us; below that a difference is timer noise
 
 
 class ProfileError(ValueError):
     """A profile is missing, malformed, of another version, or from another machine; the message says how to fix."""
+
+
+def current_version(runtime: str) -> int:
+    """The profile version `build_profile` writes for `runtime` (and `get_or_build_profile` accepts)."""
+    return STRUCTURED_PROFILE_VERSION if structured_runtime(runtime) else MEDIAN_PROFILE_VERSION
 
 
 def structured_runtime(runtime: str) -> bool:
@@ -90,9 +126,15 @@ class DeviceProfile:
         """The runtime has block-sparse kernels: the predictor's conv/linear features include the blocks."""
         return structured_runtime(self.runtime)
 
+    @property
+    def statistic(self) -> str:
+        """What the profile predicts: "median" (version 3, what `measure_latency` reports) or "p10"."""
+        return PROTOCOLS.get(self.format_version, PROTOCOLS[PROFILE_VERSION]).statistic
+
     # ------------------------------------------------------------------ fitting
     def fit(self) -> DeviceProfile:
         self.predictor.block_features = self.structured
+        self.predictor.relative = self.format_version == MEDIAN_PROFILE_VERSION
         self.fit_error = self.predictor.fit(self.samples)
         if "conv" in self.fit_error:
             self.preferred_align, self.align_gain = _preferred_align(self.predictor)
@@ -109,6 +151,9 @@ class DeviceProfile:
             scale = np.array([self.type_scale.get(context_key(k), 1.0) for k in kernels])
             ms, std = ms * scale, std * scale
         total = float(ms.sum())
+        per_kernel = float(self.context_fit.get("per_kernel_ms", 0.0))
+        if per_kernel:
+            total = max(0.5 * total, total + per_kernel * sum(k.type != "glue" for k in kernels))
         rel = float(self.context_fit.get("cv_rel_rmse", 0.03))
         return total, math.sqrt(float((std**2).sum()) + (rel * total) ** 2)
 
@@ -132,7 +177,7 @@ class DeviceProfile:
                 "batch": self.batch, "threads": self.threads, "precision": self.precision,
                 "versions": self.versions, "created": self.created, "n_samples": self.n_samples,
                 "overhead_ms": self.overhead_ms, "calibration": list(self.calibration),
-                "preferred_align": self.preferred_align, "align_gain": self.align_gain,
+                "statistic": self.statistic, "preferred_align": self.preferred_align, "align_gain": self.align_gain,
                 "fit_error": self.fit_error, "type_scale": self.type_scale, "context_fit": self.context_fit,
                 "samples": [s.to_list() for s in self.samples],
                 "composites": [[[[k.type, list(k.params)] for k in ks], ms] for ks, ms in self.composites]}
@@ -186,7 +231,8 @@ class DeviceProfile:
 
     def summary(self) -> dict[str, Any]:
         return {"device": self.device, "runtime": self.runtime, "batch": self.batch, "threads": self.threads,
-                "precision": self.precision, "n_samples": self.n_samples, "overhead_ms": round(self.overhead_ms, 4),
+                "precision": self.precision, "version": self.format_version, "statistic": self.statistic,
+                "n_samples": self.n_samples, "overhead_ms": round(self.overhead_ms, 4),
                 "preferred_align": self.preferred_align, "calibration": list(self.calibration),
                 "composites": len(self.composites), "context_fit": self.context_fit,
                 "fit_error": {t: {"samples": r["samples"], "cv_within_10pct": r["cv_within_10pct"]}
@@ -208,43 +254,80 @@ def _composites_from(rows: Sequence[Any]) -> list[tuple[list[Kernel], float]]:
     return [([Kernel(t, tuple(float(v) for v in p)) for t, p in ks], float(ms)) for ks, ms in rows]
 
 
-def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, Any]]:
-    """Per-kernel-type scale factors so that overhead + sum(scale_t * kernels_t) matches whole networks.
+#: ridge strengths tried by the context fit (picked by 5-fold cross-validation on the networks)
+CONTEXT_LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
-    Relative least squares, ridge-regularised towards 1 (a type the composites barely exercise keeps
-    its isolated prediction), clipped to [0.25, 4]; 5-fold cross-validated error reported.
-    """
+
+def _context_design(profile: DeviceProfile) -> tuple[list[str], Any, Any, Any]:
+    """Per network: predicted ms summed per context key, its kernel count (glue excluded), measured ms."""
     import numpy as np
 
     types = sorted({context_key(k) for ks, _ in profile.composites for k in ks})
-    rows, ys = [], []
+    col = {t: i for i, t in enumerate(types)}
+    rows, counts, ys = [], [], []
     for ks, ms in profile.composites:
+        y = ms - profile.overhead_ms
+        if y <= 0:
+            continue
         pred, _ = profile.predictor.predict_kernels(ks)
-        rows.append([sum(p for p, k in zip(pred, ks, strict=True) if context_key(k) == t) for t in types])
-        ys.append(ms - profile.overhead_ms)
-    S, y = np.array(rows), np.array(ys)
-    lam = 0.02
+        row = np.zeros(len(types))
+        for p, k in zip(pred, ks, strict=True):
+            row[col[context_key(k)]] += p
+        rows.append(row)
+        counts.append(sum(k.type != "glue" for k in ks))
+        ys.append(y)
+    return types, np.array(rows), np.array(counts, dtype=float), np.array(ys)
 
-    def solve(idx: np.ndarray) -> np.ndarray:
-        A = S[idx] / y[idx, None]
-        A = np.vstack([A, math.sqrt(lam * len(idx)) * np.eye(len(types))])
-        b = np.concatenate([np.ones(len(idx)), math.sqrt(lam * len(idx)) * np.ones(len(types))])
-        return np.clip(np.linalg.lstsq(A, b, rcond=None)[0], 0.25, 4.0)
+
+def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per-kernel-type scale factors and a per-kernel term so that overhead + sum(scale_t * kernels_t) +
+    per_kernel_ms * (kernel count) matches whole networks.
+
+    Kernels in a network cost more or less than alone (cold weights, another layout between them, the
+    framework's calls around each); a network's kernel count carries what scales with the number of
+    calls rather than with their sizes. Relative least squares, ridge-regularised towards scale 1 and no
+    per-kernel term (a type the networks barely exercise keeps its isolated prediction), the ridge
+    strength picked by 5-fold cross-validation; scales clipped to [0.25, 4]. The report holds the
+    cross-validated error of the chosen fit (`cv_within_10pct`, `cv_rel_rmse`) and `per_kernel_ms`.
+    """
+    import numpy as np
+
+    types, S, N, y = _context_design(profile)
+    if len(y) < 8:
+        return {}, {}
+    unit = float(np.median(y / np.maximum(N, 1.0)))  # ms per kernel: the per-kernel term's natural scale
+    X = np.hstack([S, (N * unit)[:, None]])
+    prior = np.concatenate([np.ones(len(types)), [0.0]])
+    lo = np.concatenate([np.full(len(types), 0.25), [-0.5]])
+    hi = np.concatenate([np.full(len(types), 4.0), [2.0]])
+
+    def solve(idx: np.ndarray, lam: float) -> np.ndarray:
+        A = X[idx] / y[idx, None]
+        r = math.sqrt(lam * len(idx))
+        A = np.vstack([A, r * np.eye(X.shape[1])])
+        b = np.concatenate([np.ones(len(idx)), r * prior])
+        return np.clip(np.linalg.lstsq(A, b, rcond=None)[0], lo, hi)
 
     everything = np.arange(len(y))
-    alpha = solve(everything)
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(y))
-    cv_err = np.zeros(len(y))
-    for fold in range(5):
-        test = order[fold::5]
-        train = np.setdiff1d(everything, test)
-        cv_err[test] = (S[test] @ solve(train)) / y[test] - 1
+    order = np.random.default_rng(0).permutation(len(y))
+    folds = [order[f::5] for f in range(5)]
+
+    def cv(lam: float) -> np.ndarray:
+        err = np.zeros(len(y))
+        for test in folds:
+            err[test] = (X[test] @ solve(np.setdiff1d(everything, test), lam)) / y[test] - 1
+        return err
+
+    errs = {lam: cv(lam) for lam in CONTEXT_LAMBDAS}
+    lam = min(errs, key=lambda v: float(np.mean(errs[v] ** 2)))
+    coef = solve(everything, lam)
     raw_err = S.sum(axis=1) / y - 1
     report = {"networks": len(y), "raw_within_10pct": float(np.mean(np.abs(raw_err) <= 0.1)),
-              "cv_within_10pct": float(np.mean(np.abs(cv_err) <= 0.1)),
-              "cv_rel_rmse": float(np.sqrt(np.mean(cv_err**2)))}
-    return {t: round(float(a), 4) for t, a in zip(types, alpha, strict=True)}, report
+              "cv_within_10pct": float(np.mean(np.abs(errs[lam]) <= 0.1)),
+              "cv_within_20pct": float(np.mean(np.abs(errs[lam]) <= 0.2)),
+              "cv_rel_rmse": float(np.sqrt(np.mean(errs[lam] ** 2))), "ridge": lam,
+              "per_kernel_ms": round(float(coef[-1] * unit), 6)}
+    return {t: round(float(a), 4) for t, a in zip(types, coef[:-1], strict=True)}, report
 
 
 def _preferred_align(pred: KernelPredictor) -> tuple[int, dict[str, float]]:
@@ -268,33 +351,58 @@ def _preferred_align(pred: KernelPredictor) -> tuple[int, dict[str, float]]:
 def _key(runtime: str, batch: int, threads: int, precision: str, fingerprint: str) -> dict[str, Any]:
     key = {"runtime": runtime, "batch": batch, "threads": threads, "precision": precision,
            "fingerprint": fingerprint}
-    if structured_runtime(runtime):
-        key["sampling"] = STRUCTURED_SAMPLING
+    key["sampling"] = STRUCTURED_SAMPLING if structured_runtime(runtime) else MEDIAN_SAMPLING
     return key
+
+
+#: the summary statistics a side file keeps per timed item (raw, baseline not subtracted)
+STATS = ("p10", "p25", "median", "p75")
+
+
+def _timed(results: Sequence[dict[str, Any]], statistic: str) -> tuple[list[float | None], list[list[float] | None]]:
+    """Each item's `statistic` and its `STATS` from worker results (or an agent's summaries)."""
+    values: list[float | None] = []
+    stats: list[list[float] | None] = []
+    for r in results:
+        if "times_ms" in r:
+            s = summarize(r["times_ms"])
+        elif "median" in r and r.get("median") is not None:
+            s = {k: r.get(k) if r.get(k) is not None else r["median"] for k in STATS}
+        else:
+            values.append(None)
+            stats.append(None)
+            continue
+        values.append(float(s[statistic]))
+        stats.append([round(float(s[k]), 6) for k in STATS])
+    return values, stats
 
 
 def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, threads: int, precision: str,
                     device: str | None = None, seed: int = 0, repeats: int = 25,
-                    structured: bool | None = None) -> tuple[list[Sample], float]:
+                    structured: bool | None = None, protocol: Protocol | None = None,
+                    stats_out: list | None = None) -> tuple[list[Sample], float]:
     """Measure kernels in isolation (one timing process, interleaved) minus the runtime's per-call overhead.
 
-    Each kernel's figure is its fastest decile (`low_quantile`): the profile models the device's own
-    speed, not the other jobs that happened to share it while it was measured. `structured` (default:
-    whether the runtime has block-sparse kernels) gives conv/linear samples the engine's masks for their
-    scheme and block height (`sampling.sample_module`).
+    Each kernel's figure is the protocol's statistic (default: the runtime's current profile version's):
+    the median, what a measured model reports, or (versions 1-2) the fastest decile. `structured`
+    (default: whether the runtime has block-sparse kernels) gives conv/linear samples the engine's masks
+    for their scheme and block height (`sampling.sample_module`). `stats_out` receives the baseline's
+    and each measured sample's `STATS` (for the side file).
     """
     from latency_models.measure import run_worker
     from latency_models.runtimes.base import get_runtime
     from latency_models.sampling import baseline_module, measured_params, sample_module
 
     rt = get_runtime(runtime)
+    protocol = protocol or PROTOCOLS[current_version(rt.name)]
     rng = random.Random(seed)
     import torch
 
     if structured is None:
         structured = bool(rt.structured_sparsity)
     torch.manual_seed(seed)
-    mods = [baseline_module(batch)] + [sample_module(k, batch, rng, structured) for k in kernels]
+    mods = [baseline_module(batch, protocol.identity_baseline)] + [sample_module(k, batch, rng, structured)
+                                                                    for k in kernels]
     artifacts, shapes = [], []
     for module, shape in mods:
         artifacts.append(rt.export_kernel(module.eval(), torch.randn(*shape), precision))
@@ -304,34 +412,44 @@ def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, thre
 
         results = AgentClient(device).measure_many(artifacts, shapes, runtime=rt.name, threads=threads,
                                                    precision=precision, warmup=5, repeats=repeats)
-        medians = [r.get("p10", r.get("median")) for r in results]
     else:
-        results = run_worker(rt.name, artifacts, shapes, threads=threads, warmup=5, repeats=repeats, rounds=3,
-                             target_ms=40.0)
-        medians = [low_quantile(r["times_ms"]) if "times_ms" in r else None for r in results]
-    if medians[0] is None:
+        results = run_worker(rt.name, artifacts, shapes, threads=threads, warmup=5, repeats=repeats,
+                             rounds=protocol.kernel_rounds, target_ms=protocol.kernel_target_ms)
+    values, stats = _timed(results, protocol.statistic)
+    if values[0] is None:
         raise RuntimeError(f"the baseline model failed on {rt.name}: {results[0].get('error')}")
-    base = medians[0]
+    base = values[0]
     out = []
-    for (module, shape), k, m in zip(mods[1:], kernels, medians[1:], strict=True):
+    if stats_out is not None:
+        stats_out.append(stats[0])
+    for (module, shape), k, m, st in zip(mods[1:], kernels, values[1:], stats[1:], strict=True):
         if m is not None:
             out.append(Sample(measured_params(k, module, shape), max(MIN_KERNEL_MS, m - base)))
+            if stats_out is not None:
+                stats_out.append(st)
     return out, base
 
 
 def measure_networks(rng: random.Random, n: int, *, runtime: str, batch: int, threads: int, precision: str,
-                     device: str | None = None) -> tuple[list[tuple[list[Kernel], float]], float]:
-    """Measure `n` random whole networks (interleaved, one timing process) with their traced kernels."""
+                     device: str | None = None, protocol: Protocol | None = None,
+                     stats_out: list | None = None,
+                     families: list | None = None) -> tuple[list[tuple[list[Kernel], float]], float]:
+    """Measure `n` random whole networks (interleaved, one timing process) with their kernels.
+
+    Timed with the protocol's network settings (version 3: `measure_latency`'s, many interleaved slices)
+    and fitted on its statistic; kernels as `kernels_for_model` reads them (masked layers' density).
+    `stats_out` / `families` receive the baseline's and each network's `STATS` / model class name.
+    """
     import torch
 
-    from latency_models.kernels import trace_kernels
     from latency_models.measure import run_worker
     from latency_models.runtimes.base import get_runtime
     from latency_models.sampling import baseline_module, random_network
 
     rt = get_runtime(runtime)
+    protocol = protocol or PROTOCOLS[current_version(rt.name)]
     nets = [random_network(rng) for _ in range(n)]
-    base_mod, base_shape = baseline_module(batch)
+    base_mod, base_shape = baseline_module(batch, protocol.identity_baseline)
     artifacts = [rt.export_kernel(base_mod, torch.randn(*base_shape), precision)]
     shapes: list[tuple[int, ...]] = [base_shape]
     for model, shape in nets:
@@ -341,17 +459,22 @@ def measure_networks(rng: random.Random, n: int, *, runtime: str, batch: int, th
         from latency_models.agent import AgentClient
 
         results = AgentClient(device).measure_many(artifacts, shapes, runtime=rt.name, threads=threads,
-                                                   precision=precision, warmup=5, repeats=30)
-        medians = [r.get("p10", r.get("median")) for r in results]
+                                                   precision=precision, warmup=5, repeats=protocol.network_repeats)
     else:
-        results = run_worker(rt.name, artifacts, shapes, threads=threads, warmup=5, repeats=30, rounds=3,
-                             target_ms=60.0)
-        medians = [low_quantile(r["times_ms"]) if "times_ms" in r else None for r in results]
+        results = run_worker(rt.name, artifacts, shapes, threads=threads, warmup=5, repeats=protocol.network_repeats,
+                             rounds=protocol.network_rounds, target_ms=protocol.network_target_ms)
+    values, stats = _timed(results, protocol.statistic)
+    if stats_out is not None:
+        stats_out.append(stats[0])
     out = []
-    for (model, shape), m in zip(nets, medians[1:], strict=True):
+    for (model, shape), m, st in zip(nets, values[1:], stats[1:], strict=True):
         if m is not None:
-            out.append((trace_kernels(model, shape), m))
-    return out, medians[0] or 0.0
+            out.append((kernels_for_model(model, shape), m))
+            if stats_out is not None:
+                stats_out.append(st)
+            if families is not None:
+                families.append(type(model).__name__)
+    return out, values[0] or 0.0
 
 
 def _median(xs: list[float]) -> float:
@@ -363,12 +486,14 @@ def _median(xs: list[float]) -> float:
 def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: int = 1, threads: int = 1,
                   precision: str = "fp32", device: str | None = None, samples_path: str | Path | None = None,
                   progress: ProgressFn | None = None, seed: int = 0, chunk: int = 24,
-                  max_samples: int | None = None, composite_share: float = 0.3,
+                  max_samples: int | None = None, composite_share: float = 0.35,
                   composite_chunk: int = 6) -> DeviceProfile:
     """Sample kernel configurations, measure them within a time budget, fit, return the profile.
 
-    Resumable: every measured chunk is appended to `samples_path` (JSON lines) and reused by the next
-    call with the same device/runtime/settings, so an interrupted or repeated build only adds samples.
+    Resumable: every measured chunk is appended to `samples_path` (JSON lines, with each item's p10 /
+    quartiles) and reused by the next call with the same device/runtime/settings/sampling, so an
+    interrupted or repeated build only adds samples. `composite_share` of the time goes to whole
+    random networks (the context calibration).
     """
     from latency_models.sampling import random_kernel, zoo_prior
 
@@ -381,6 +506,8 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
         info = device_info()
         fingerprint = device_fingerprint(info)
     key = _key(runtime, batch, threads, precision, fingerprint)
+    version = current_version(runtime)
+    protocol = PROTOCOLS[version]
     samples: list[Sample] = []
     baselines: list[float] = []
     composites: list[tuple[list[Kernel], float]] = []
@@ -399,35 +526,41 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
             progress(f"profile: reusing {len(samples)} measured samples from {side}")
     rng = random.Random(seed * 7919 + len(samples) + 104729 * len(composites))
     prior = zoo_prior()
-    types, weights = zip(*KERNEL_MIX, strict=True)
     structured = structured_runtime(runtime)
+    types, weights = zip(*(KERNEL_MIX if version != MEDIAN_PROFILE_VERSION else MEDIAN_KERNEL_MIX), strict=True)
     start = time.monotonic()
     deadline = start + minutes * 60.0
     kernel_deadline = start + minutes * 60.0 * (1.0 - composite_share)
-    while time.monotonic() < kernel_deadline and (max_samples is None or len(samples) < max_samples):
-        ks = [random_kernel(rng, prior, [rng.choices(types, weights)[0]], structured=structured)
-              for _ in range(chunk)]
-        got, base = measure_kernels(ks, runtime=runtime, batch=batch, threads=threads, precision=precision,
-                                    device=device, seed=rng.randrange(1 << 30), structured=structured)
-        samples.extend(got)
-        baselines.append(base)
+
+    def append(row: dict[str, Any]) -> None:
         if side:
             side.parent.mkdir(parents=True, exist_ok=True)
             with side.open("a") as f:
-                f.write(json.dumps({"key": key, "baseline_ms": base, "samples": [s.to_list() for s in got]}) + "\n")
+                f.write(json.dumps({"key": key, **row}) + "\n")
+
+    while time.monotonic() < kernel_deadline and (max_samples is None or len(samples) < max_samples):
+        ks = [random_kernel(rng, prior, [rng.choices(types, weights)[0]], structured=structured)
+              for _ in range(chunk)]
+        stats: list = []
+        got, base = measure_kernels(ks, runtime=runtime, batch=batch, threads=threads, precision=precision,
+                                    device=device, seed=rng.randrange(1 << 30), structured=structured,
+                                    protocol=protocol, stats_out=stats)
+        samples.extend(got)
+        baselines.append(base)
+        append({"baseline_ms": base, "samples": [s.to_list() for s in got], "stats": stats})
         if progress:
             left = max(0.0, deadline - time.monotonic())
             progress(f"profile: {len(samples)} kernel samples measured on {runtime} (batch {batch}, "
                      f"{threads} thread(s)); {left:.0f} s left")
     while time.monotonic() < deadline and composite_share > 0:
+        stats, families = [], []
         got_c, base = measure_networks(rng, composite_chunk, runtime=runtime, batch=batch, threads=threads,
-                                       precision=precision, device=device)
+                                       precision=precision, device=device, protocol=protocol,
+                                       stats_out=stats, families=families)
         composites.extend(got_c)
         baselines.append(base)
-        if side:
-            with side.open("a") as f:
-                f.write(json.dumps({"key": key, "baseline_ms": base, "composites": [
-                    [[[k.type, list(k.params)] for k in ks], ms] for ks, ms in got_c]}) + "\n")
+        append({"baseline_ms": base, "composites": [[[[k.type, list(k.params)] for k in ks], ms] for ks, ms in got_c],
+                "stats": stats, "families": families})
         if progress:
             left = max(0.0, deadline - time.monotonic())
             progress(f"profile: {len(composites)} whole random networks measured for the context calibration; "
@@ -440,7 +573,7 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
                             precision=precision, versions=info["versions"], fingerprint=fingerprint,
                             samples=samples, overhead_ms=_median(baselines), device_url=device,
                             created=time.strftime("%Y-%m-%dT%H:%M:%S"), composites=composites,
-                            format_version=STRUCTURED_PROFILE_VERSION if structured else PROFILE_VERSION)
+                            format_version=version)
     return profile.fit()
 
 
@@ -465,10 +598,12 @@ def get_or_build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, 
     if path.is_file():
         try:
             cached = DeviceProfile.load(path)
-            if not cached.structured or cached.format_version == STRUCTURED_PROFILE_VERSION:
+            if cached.format_version == current_version(runtime):
                 return cached
-            if progress:  # a sparse-cpu profile of random masks only: it cannot know what blocks gain
-                progress(f"profile: cached {path} has no structured samples; rebuilding")
+            if progress:  # sparse-cpu: random masks only, it cannot know what blocks gain; others: fitted
+                # on the fastest decile, not the median a measurement reports
+                progress(f"profile: cached {path} is of version {cached.format_version}, this release builds "
+                         f"version {current_version(runtime)} for {runtime}; rebuilding")
         except ProfileError as exc:
             if progress:
                 progress(f"profile: cached {path} unusable ({exc}); rebuilding")

@@ -120,11 +120,31 @@ class _Transpose(nn.Module):
         return x.transpose(1, 2)
 
 
-class _Baseline(nn.Module):
-    """The smallest model: what a runtime costs per call before any kernel (subtracted from every sample)."""
+class _Glue(nn.Module):
+    """One glue op (`latency_models.kernels`): a view (flatten) or a copy (concatenation)."""
+
+    def __init__(self, copies: bool):
+        super().__init__()
+        self.copies = copies
 
     def forward(self, x):
-        return torch.relu(x)
+        return torch.cat((x, x), 1) if self.copies else x.flatten(1)
+
+
+class _Baseline(nn.Module):
+    """The smallest model: what a runtime costs per call before any kernel (subtracted from every sample).
+
+    `identity`: no op at all (profiles of version 3), so a sample keeps the cost of every op it calls; in
+    torch eager each op is a Python and dispatcher call (~2 us), which a one-op baseline took off every
+    sample, and so off every kernel of a predicted model.
+    """
+
+    def __init__(self, identity: bool = False):
+        super().__init__()
+        self.identity = identity
+
+    def forward(self, x):
+        return x if self.identity else torch.relu(x)
 
 
 def _mask(w: torch.Tensor, density: float) -> None:
@@ -273,11 +293,16 @@ def sample_module(k: Kernel, batch: int, rng: random.Random,
         numel = p[0]
         a = 50 if numel % 50 == 0 else 1
         return _Transpose(), (batch, a, numel // a)
+    if k.type == "glue":
+        numel, copies = p[:2]
+        n_in = max(1, numel // 2) if copies else numel
+        a = 50 if n_in % 50 == 0 else 1
+        return _Glue(bool(copies)), (batch, a, n_in // a)
     raise ValueError(f"no sample module for kernel type '{k.type}'")
 
 
-def baseline_module(batch: int) -> tuple[nn.Module, tuple[int, ...]]:
-    return _Baseline(), (batch, 1)
+def baseline_module(batch: int, identity: bool = False) -> tuple[nn.Module, tuple[int, ...]]:
+    return _Baseline(identity), (batch, 1)
 
 
 def measured_params(k: Kernel, module: nn.Module, shape: Sequence[int]) -> Kernel:
@@ -289,6 +314,8 @@ def measured_params(k: Kernel, module: nn.Module, shape: Sequence[int]) -> Kerne
         return Kernel("pool", (float(numel_in), float(out.numel())))
     if k.type == "transpose":
         return Kernel("transpose", (float(math.prod(shape[1:])),))
+    if k.type == "glue":
+        return Kernel("glue", (float(math.prod(shape[1:]) * (2 if k.params[1] else 1)), float(k.params[1])))
     return k
 
 
@@ -387,6 +414,11 @@ def random_kernel(rng: random.Random, prior: Sequence[Kernel], types: Sequence[s
             if base.type == "eltwise" and rng.random() < 0.3:
                 p[2] = float(1 - p[2])
             macs = p[0]
+        elif base.type == "glue":
+            p[0] = float(max(1, int(p[0] * rng.uniform(0.05, 1.5))))
+            if rng.random() < 0.3:
+                p[1] = float(1 - p[1])
+            macs = p[0]
         elif base.type == "pool":
             scale = rng.uniform(0.05, 1.2)
             p[0] = float(max(4, int(p[0] * scale)))
@@ -414,11 +446,12 @@ def random_network(rng: random.Random) -> tuple[nn.Module, tuple[int, int, int]]
     """A random-width network of one of the zoo's block families, for the context calibration.
 
     Kernels timed alone miss what a runtime does between them (layout reorders kept across a chain of
-    convs, ops fused across kernels, glue such as concat/slice): whole random networks measured once
-    let the profile learn a per-kernel-type correction. Widths and depths are drawn at random, so
-    these are not the zoo's models.
+    convs, ops fused across kernels, weights that are no longer in cache, glue such as concat/slice):
+    whole random networks measured once let the profile learn a per-kernel-type correction. Widths,
+    depths and stage repeats are drawn at random, so these are not the zoo's models; half of them are
+    then pruned the way policies prune (`_randomly_pruned`).
     """
-    from automl.models.mobilenetv2 import MobileNetV2
+    from automl.models.mobilenetv2 import CIFAR_SETTINGS, MobileNetV2
     from automl.models.resnet import CifarResNet
     from automl.models.vgg import VGG
     from automl.models.vit import VisionTransformer
@@ -426,13 +459,13 @@ def random_network(rng: random.Random) -> tuple[nn.Module, tuple[int, int, int]]
     shape = rng.choice(((1, 28, 28), (3, 32, 32)))
     family = rng.choice(("resnet", "vgg", "mobilenet", "vit"))
     if family == "resnet":
-        model = CifarResNet(rng.choice((8, 14, 20)), shape[0], 10, width=rng.randint(3, 24))
+        model = CifarResNet(rng.choice((8, 14, 20, 26, 32)), shape[0], 10, width=rng.randint(3, 24))
     elif family == "vgg":
         a, b, c = (rng.randint(4, 160) for _ in range(3))
         model = VGG((a, a, "M", b, b, "M", c, c, "M"), shape[0], 10, hidden=rng.randint(16, 320))
     elif family == "mobilenet":
-        settings = tuple((t, c, rng.choice((1, 1, 2)), s) for t, c, n, s in
-                         ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2)))
+        stages = CIFAR_SETTINGS if rng.random() < 0.5 else CIFAR_SETTINGS[:-1]
+        settings = tuple((t, c, rng.randint(1, max(1, n)), s) for t, c, n, s in stages)
         model = MobileNetV2(shape[0], 10, width_mult=rng.uniform(0.2, 0.8), settings=settings,
                             last_channels=rng.choice((320, 640, 1280)))
     else:
@@ -440,14 +473,15 @@ def random_network(rng: random.Random) -> tuple[nn.Module, tuple[int, int, int]]
         dim = heads * rng.randint(4, 24)
         model = VisionTransformer(shape[0], 10, image_size=shape[1], dim=dim, depth=rng.randint(1, 4),
                                   heads=heads, mlp_dim=rng.randint(16, 256))
-    if family != "vit" and rng.random() < 0.5:
+    if rng.random() < 0.5:
         model = _randomly_pruned(model, shape, rng)
     return model.eval(), shape
 
 
 def _randomly_pruned(model: nn.Module, shape: tuple[int, int, int], rng: random.Random) -> nn.Module:
-    """Channel-prune a random network layer by layer (random ratio and align 1..16), so the context
-    calibration also sees chains mixing aligned and unaligned channel counts."""
+    """Prune a random network layer by layer as policies do: mostly channels (random ratio and align
+    1..16, so chains mix aligned and unaligned counts), some layers masked unstructured or N:M at their
+    dense shape (their density is read off the weights)."""
     try:
         from search_spaces import SearchSpace, apply_policy
     except ImportError:  # the compression engine is optional here
@@ -456,9 +490,15 @@ def _randomly_pruned(model: nn.Module, shape: tuple[int, int, int], rng: random.
         space = SearchSpace.from_model(model, "random-network", shape)
         choices = {}
         for lc in space.layers:
-            if "channel" in lc.schemes and rng.random() < 0.7:
+            u = rng.random()
+            if "channel" in lc.schemes and u < 0.6:
                 choices[lc.layer.name] = {"scheme": "channel", "align": rng.choice(lc.aligns),
-                                          "sparsity": rng.choice([s for s in lc.sparsities if 0 < s <= 0.7] or [0.0])}
+                                          "sparsity": rng.choice([s for s in lc.sparsities if 0 < s <= 0.8] or [0.0])}
+            elif "unstructured" in lc.schemes and u < 0.7:
+                choices[lc.layer.name] = {"scheme": "unstructured",
+                                          "sparsity": rng.choice([s for s in lc.sparsities if s > 0] or [0.0])}
+            elif "nm" in lc.schemes and lc.nm and u < 0.75:
+                choices[lc.layer.name] = {"scheme": "nm", "nm": list(rng.choice(lc.nm))}
         return apply_policy(model, space.decode(choices), torch.zeros(1, *shape)).model
     except Exception:  # a random width the pruner cannot honour: keep the network as it is
         return model

@@ -24,7 +24,8 @@ def test_summarize_median_quartiles_and_robust_std():
 
 
 def test_measure_in_separate_process_names_everything():
-    est = measure_latency(tiny(), (1, 8, 8), runtime="onnxruntime", batch=2, threads=1, warmup=3, repeats=30)
+    est = measure_latency(tiny(), (1, 8, 8), runtime="onnxruntime", batch=2, threads=1, warmup=3, repeats=30,
+                          target_ms=0)
     assert isinstance(est, LatencyEstimate)
     assert est.source == "measured" and est.runtime == "onnxruntime" and est.precision == "fp32"
     assert est.batch == 2 and est.threads == 1 and est.device and est.repeats == 30
@@ -32,6 +33,17 @@ def test_measure_in_separate_process_names_everything():
     assert est.std_ms >= 0
     assert "measured" in str(est) and "batch 2" in str(est)
     assert LatencyEstimate.from_dict(est.to_dict()) == est
+
+
+def test_the_default_protocol_times_each_model_for_a_while():
+    """Without target_ms=0 a fast model gets far more than `repeats` calls (about DEFAULT_TARGET_MS of
+    timing, up to 50x), spread over DEFAULT_ROUNDS interleaved slices: a slow spell of the shared machine
+    then moves every median alike, and little."""
+    from latency_models import measure
+
+    assert measure.DEFAULT_TARGET_MS >= 500 and measure.DEFAULT_ROUNDS >= 10
+    est = measure_latency(tiny(), (1, 8, 8), runtime="onnxruntime", warmup=3, repeats=20, target_ms=50.0)
+    assert est.repeats > 20  # a ~10 us model: 20 calls are 0.2 ms, far under 50 ms
 
 
 def test_torch_eager_in_process_and_int8_onnx():

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 from automl.models import build_model
 from latency_models.kernels import Kernel, compressed_kernels, kernels_for_model, skeleton, trace_kernels
@@ -80,11 +81,71 @@ def test_features_expose_alignment():
 
 def test_trace_finds_fused_kernels_of_zoo_models():
     r20 = Counter(k.type for k in trace_kernels(build_model("resnet20", 1, 10, 28), (1, 28, 28)))
-    assert r20 == {"conv": 21, "eltwise": 9, "pool": 1, "linear": 1}  # bn+relu fused into convs
+    assert r20 == {"conv": 21, "eltwise": 9, "pool": 1, "linear": 1, "glue": 1}  # bn+relu fused; the flatten
     mb = Counter(k.type for k in trace_kernels(build_model("mobilenetv2", 1, 10, 28), (1, 28, 28)))
     assert mb["dwconv"] == 17
     vit = Counter(k.type for k in trace_kernels(build_model("vit_tiny", 1, 10, 28), (1, 28, 28)))
     assert vit["matmul"] == 8 and vit["softmax"] == 4 and vit["linear"] == 25
+
+
+def test_glue_ops_are_counted_for_a_vit():
+    """torch eager pays a call for every reshape / view / transpose / expand / cat / getitem: glue kernels."""
+    ks = trace_kernels(build_model("vit_tiny", 1, 10, 28), (1, 28, 28))
+    glue = [k for k in ks if k.type == "glue"]
+    # flatten, expand (cls token), cat, the pos-embed slice, x[:, 0]; per block 3 head splits (reshape +
+    # transpose each) and the merge (transpose + reshape)
+    assert len(glue) == 5 + 4 * 8
+    copies = [k for k in glue if k.params[1] == 1.0]
+    assert len(copies) == 1 + 4  # the cat, and each block's reshape of the transposed heads
+    assert all(k.params[0] == 50 * 64 for k in copies)  # 50 tokens x 64 dims
+    assert Counter(k.type for k in ks)["transpose"] == 5  # the transposes that copy stay kernels
+    # convs: metadata calls (dim, size) and the input tensor are no glue
+    assert [k.type for k in trace_kernels(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()), (1, 8, 8))] == ["conv"]
+
+
+def test_glue_kernels_follow_pruned_channels():
+    from automl.policy import LayerDecision
+    from search_spaces import SearchSpace
+
+    model = build_model("vit_tiny", 1, 10, 28)
+    space = SearchSpace.from_model(model, "vit_tiny", (1, 28, 28))
+    policy = space.dense_policy()
+    for name in ("blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v"):
+        policy = policy.with_layer(name, LayerDecision("channel", sparsity=0.5, align=4))
+    policy = space.decode({n: d.to_dict() for n, d in policy.layers.items()})
+    skel = skeleton(model, (1, 28, 28))
+    dense = [k for k in skel.kernels if k.type == "glue"]
+    pruned = [k for k in compressed_kernels(skel, space.compressed_layers(policy)) if k.type == "glue"]
+    assert len(pruned) == len(dense)
+    assert sum(k.params[0] for k in pruned) < sum(k.params[0] for k in dense)  # the q/k/v head splits shrink
+
+
+def test_relative_predictor_extrapolates_past_the_samples(stored):
+    """Trees are flat outside the sampled range; relative to a linear cost the prediction keeps growing."""
+    samples = [Sample.from_list(r) for r in stored["samples"]]
+    plain, relative = KernelPredictor(), KernelPredictor(relative=True)
+    plain.fit(samples, cv=False)
+    relative.fit(samples, cv=False)
+    biggest = max(s.kernel.params[0] * s.kernel.params[1] * s.kernel.params[2] ** 2 * s.kernel.params[4] ** 2
+                  for s in samples)
+    wide = [Kernel("conv", (float(c), float(c), 3.0, 1.0, 28.0, 28.0, 1.0, 1.0, 1.0, 0.0, 32.0, 32.0))
+            for c in (128, 256, 512)]
+    assert 512 * 512 * 9 * 28 * 28 > 4 * biggest
+    p, _ = plain.predict_kernels(wide)
+    r, _ = relative.predict_kernels(wide)
+    assert r[2] > 4 * r[0] and r[2] > 2 * p[2]  # 16x the MACs of the 128-channel conv
+    # and the relative fit keeps the measured steps at multiples of 8
+    ms, _ = relative.predict_kernels(channel_sweep([31, 32, 63, 64]))
+    assert ms[0] > ms[1] and ms[2] > ms[3]
+
+
+def test_glue_is_free_for_profiles_without_glue_samples(fitted):
+    glue = Kernel("glue", (3200.0, 1.0))
+    conv = channel_sweep([64])[0]
+    ms, std = fitted.predict_kernels([conv, glue])
+    assert ms[0] > 0 and ms[1] == 0.0 and std[1] == 0.0
+    with pytest.raises(KeyError, match="no samples of 'softmax'"):
+        fitted.predict_kernels([Kernel("softmax", (1000.0,))])
 
 
 def test_compressed_kernels_follow_the_policy_and_align():

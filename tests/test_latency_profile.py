@@ -10,7 +10,17 @@ import pytest
 from latency_models import DeviceProfile, LatencyEstimate, PairStore, ProfileError, predict_policy
 from latency_models.estimate import device_fingerprint, device_info
 from latency_models.predictors import Sample
-from latency_models.profile import build_profile, refit_from_pairs
+from latency_models.profile import (
+    CONTEXT_LAMBDAS,
+    MEDIAN_PROFILE_VERSION,
+    MIN_KERNEL_MS,
+    PROFILE_VERSION,
+    PROTOCOLS,
+    STRUCTURED_PROFILE_VERSION,
+    build_profile,
+    current_version,
+    refit_from_pairs,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "latency_onnxruntime_b1.json"
 
@@ -77,6 +87,86 @@ def test_build_is_resumable_from_its_side_file(tmp_path):
     second = build_profile("onnxruntime", minutes=0.001, samples_path=side, chunk=4, seed=3)
     assert second.n_samples > first.n_samples  # reused the first run's samples and added a chunk
     assert {tuple(s.kernel.params) for s in first.samples} <= {tuple(s.kernel.params) for s in second.samples}
+    # version 3: the median of each sample (what a measurement reports), its quartiles kept in the side file
+    assert first.format_version == MEDIAN_PROFILE_VERSION and first.statistic == "median"
+    assert first.predictor.relative
+    row = json.loads(side.read_text().splitlines()[0])
+    assert row["key"]["sampling"] == "median-1"
+    assert len(row["stats"]) == len(row["samples"]) + 1  # the baseline's first
+    for (p10, p25, med, p75), (_, _, ms) in zip(row["stats"][1:], row["samples"], strict=True):
+        assert p10 <= p25 <= med <= p75
+        assert ms == pytest.approx(max(MIN_KERNEL_MS, med - row["baseline_ms"]), abs=2e-6)  # stats: 6 decimals
+    assert row["baseline_ms"] == pytest.approx(row["stats"][0][2], abs=1e-6)
+
+
+def test_the_statistic_a_profile_predicts_is_the_one_measurement_reports():
+    """measure_latency's LatencyEstimate.ms is summarize's median; version 3 profiles fit that statistic
+    (samples and whole networks), timed with the measurement's interleaved protocol."""
+    from latency_models import measure
+    from latency_models.estimate import summarize
+    from latency_models.measure import to_estimate
+
+    times = [1.0, 1.1, 1.2, 5.0, 1.3, 1.15, 0.9]
+    est = to_estimate({"times_ms": times}, device="d", runtime="onnxruntime", batch=1, threads=1, precision="fp32")
+    assert est.ms == summarize(times)["median"] and est.p10_ms == summarize(times)["p10"]
+    protocol = PROTOCOLS[MEDIAN_PROFILE_VERSION]
+    assert protocol.statistic == "median" and protocol.identity_baseline
+    assert protocol.network_rounds == measure.DEFAULT_ROUNDS and protocol.network_target_ms >= 200
+    assert PROTOCOLS[PROFILE_VERSION].statistic == PROTOCOLS[STRUCTURED_PROFILE_VERSION].statistic == "p10"
+    assert current_version("onnxruntime") == current_version("torch-eager") == MEDIAN_PROFILE_VERSION
+    assert current_version("sparse-cpu") == STRUCTURED_PROFILE_VERSION
+    assert here_profile().statistic == "p10"  # a profile of the first format predicts the fastest decile
+
+
+def test_get_or_build_rebuilds_a_cached_profile_of_an_older_version(tmp_path):
+    from latency_models.profile import default_profile_path, get_or_build_profile
+
+    old = here_profile()
+    path = default_profile_path("onnxruntime", 1, 1, "fp32", cache_dir=tmp_path)
+    old.save(path)
+    assert DeviceProfile.load(path).format_version == PROFILE_VERSION  # still loads
+    messages: list[str] = []
+    again = get_or_build_profile("onnxruntime", minutes=0.001, cache_dir=tmp_path, progress=messages.append)
+    assert again.format_version == MEDIAN_PROFILE_VERSION
+    assert any("version 1" in m and "rebuilding" in m for m in messages)
+    assert json.loads(path.read_text())["schema_version"] == MEDIAN_PROFILE_VERSION
+    assert json.loads(path.read_text())["statistic"] == "median"
+
+
+def _context_profile(scales: dict[str, float], per_kernel_ms: float, n: int = 60, seed: int = 0) -> DeviceProfile:
+    """A profile whose whole networks follow a known law: scale_t x isolated prediction + a per-kernel term."""
+    import random
+
+    from latency_models.profile import context_key
+    from latency_models.sampling import random_kernel, zoo_prior
+
+    profile = here_profile(fixture_samples() + _synthetic_other_kernels())
+    rng, prior = random.Random(seed), zoo_prior()
+    composites = []
+    for _ in range(n):
+        ks = [random_kernel(rng, prior, [rng.choice(("conv", "conv", "eltwise", "pool", "linear"))])
+              for _ in range(rng.randint(3, 40))]
+        pred, _ = profile.predictor.predict_kernels(ks)
+        ms = sum(p * scales.get(context_key(k), 1.0) for p, k in zip(pred, ks, strict=True))
+        composites.append((ks, profile.overhead_ms + ms + per_kernel_ms * len(ks)))
+    profile.composites = composites
+    return profile.fit()
+
+
+def test_context_fit_recovers_type_scales_and_a_per_kernel_term():
+    law = {"conv/a8": 0.8, "conv/u": 1.25, "eltwise": 1.5}
+    profile = _context_profile(law, per_kernel_ms=0.004)
+    assert profile.context_fit["networks"] == 60
+    assert profile.context_fit["per_kernel_ms"] == pytest.approx(0.004, rel=0.25)
+    for t, a in law.items():
+        assert profile.type_scale[t] == pytest.approx(a, rel=0.1), t
+    assert profile.context_fit["cv_within_10pct"] > 0.9 and profile.context_fit["ridge"] in CONTEXT_LAMBDAS
+    ks, ms = profile.composites[0]
+    assert profile.predict_kernels(ks).ms == pytest.approx(ms, rel=0.05)
+    # no context in the networks: scales stay near 1 and no per-kernel term
+    plain = _context_profile({}, per_kernel_ms=0.0, seed=1)
+    assert all(abs(a - 1) < 0.05 for a in plain.type_scale.values())
+    assert abs(plain.context_fit["per_kernel_ms"]) < 5e-4
 
 
 def test_predict_policy_on_a_search_space(profile):
@@ -165,7 +255,8 @@ def test_sparse_cpu_profile_learns_what_blocks_gain(sparse_profile):
 
 
 def test_profile_versions_and_features_per_runtime(profile, sparse_profile, tmp_path):
-    """onnxruntime profiles keep version 1 and their features; sparse-cpu ones are version 2 and both load."""
+    """A profile of the first format keeps version 1 and its features; sparse-cpu ones are version 2 and
+    both load (builds of the other runtimes are version 3: see the tests above)."""
     from latency_models.profile import _key
 
     assert profile.to_dict()["schema_version"] == 1 and not profile.predictor.block_features
@@ -181,6 +272,7 @@ def test_profile_versions_and_features_per_runtime(profile, sparse_profile, tmp_
     old["samples"] = [[t, p[:12] if t == "conv" else p[:8] if t == "linear" else p, ms] for t, p, ms in old["samples"]]
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert DeviceProfile.load(tmp_path / "old.json").format_version == 1
-    # measured samples of the two samplings never mix in a side file
-    assert "sampling" in _key("sparse-cpu", 1, 1, "fp32", "x") and "sampling" not in _key("onnxruntime", 1, 1,
-                                                                                           "fp32", "x")
+    # measured samples of different samplings never mix in a side file
+    assert _key("sparse-cpu", 1, 1, "fp32", "x")["sampling"] == "structured-1"
+    assert _key("onnxruntime", 1, 1, "fp32", "x")["sampling"] == "median-1"
+    assert not again.predictor.relative and not profile.predictor.relative
