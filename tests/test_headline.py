@@ -70,6 +70,9 @@ def test_headline_smoke_end_to_end(tmp_path):
         assert isinstance(cell["within_budget"], bool)
         assert cell["budget_ms"] == pytest.approx(0.5 * dense["latency_ms"])
         assert 0.0 <= cell["test_acc"] <= 1.0 and 0.0 < cell["mac_ratio"] <= 1.0
+        # the final interleaved re-measurement, against the dense model timed in the same process
+        assert cell["verified_ms"] > 0
+        assert cell["verified_speedup"] == pytest.approx(cell["verified_dense_ms"] / cell["verified_ms"])
     for agent in ("random", "rule_based"):
         cell = cells[f"resnet20/fp32/{agent}/s0"]
         assert cell["candidates"] == 3 and cell["measured_for_pick"] >= 1
