@@ -33,17 +33,24 @@ OPTIONAL_TYPES = frozenset({"glue"})
 
 @dataclass(frozen=True)
 class Sample:
-    """One measured kernel: its configuration and its latency in ms (runtime overhead subtracted)."""
+    """One measured kernel: its configuration and its latency in ms (runtime overhead subtracted).
+
+    `ref`: what the reference kernels took in the same timing process (`profile.REFERENCE_KERNELS`), so a
+    profile can take out the machine's speed at the time (None: not recorded).
+    """
 
     kernel: Kernel
     ms: float
+    ref: float | None = None
 
     def to_list(self) -> list[Any]:
-        return [self.kernel.type, list(self.kernel.params), self.ms]
+        row = [self.kernel.type, list(self.kernel.params), self.ms]
+        return row + [self.ref] if self.ref is not None else row
 
     @classmethod
     def from_list(cls, row: Sequence[Any]) -> Sample:
-        return cls(Kernel(row[0], tuple(float(v) for v in row[1])), float(row[2]))
+        ref = float(row[3]) if len(row) > 3 and row[3] is not None else None
+        return cls(Kernel(row[0], tuple(float(v) for v in row[1])), float(row[2]), ref)
 
 
 class LatencyPredictor(ABC):

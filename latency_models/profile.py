@@ -40,7 +40,7 @@ READABLE_VERSIONS = (PROFILE_VERSION, STRUCTURED_PROFILE_VERSION, MEDIAN_PROFILE
 #: the side-file key of structured samples, so a rebuild never mixes in random-mask samples of an older build
 STRUCTURED_SAMPLING = "structured-1"
 #: the side-file key of MEDIAN_PROFILE_VERSION samples (never mixed with fastest-decile ones)
-MEDIAN_SAMPLING = "median-1"
+MEDIAN_SAMPLING = "median-2"
 KERNEL_MIX = (("conv", 0.45), ("dwconv", 0.12), ("linear", 0.15), ("eltwise", 0.08), ("pool", 0.04),
               ("norm", 0.04), ("softmax", 0.03), ("matmul", 0.05), ("transpose", 0.04))
 #: MEDIAN_PROFILE_VERSION samples glue ops too (a few suffice: they cost about the same whatever their size)
@@ -59,13 +59,23 @@ class Protocol:
     network_target_ms: float
     #: the per-call baseline runs no op (`sampling.baseline_module`), so samples keep their ops' cost
     identity_baseline: bool = False
+    #: every timing process also times `REFERENCE_KERNELS`, and the fit divides out the speed they show
+    references: bool = False
 
 
 #: versions 1-2: fastest decile, few rounds; version 3: the median, networks in many interleaved slices, for
 #: ~0.4 s each (each chunk of 6 spans ~2.5 s, as `measure_latency`'s ~1 s per model does)
 PROTOCOLS = {PROFILE_VERSION: Protocol("p10", 3, 40.0, 30, 3, 60.0),
              STRUCTURED_PROFILE_VERSION: Protocol("p10", 3, 40.0, 30, 3, 60.0),
-             MEDIAN_PROFILE_VERSION: Protocol("median", 10, 40.0, 30, 10, 400.0, identity_baseline=True)}
+             MEDIAN_PROFILE_VERSION: Protocol("median", 10, 40.0, 30, 10, 400.0, identity_baseline=True,
+                                              references=True)}
+#: timed in every timing process of a version 3 build (a conv, a linear, an add: compute-, mixed- and
+#: call-bound): the shared machine's speed moves by ~10% from one process / few seconds to the next
+#: (whole batches of random networks measured 1.2-1.6x slower than the same kinds in other batches), so
+#: each sample and network is divided by its process's reference time relative to the build's median
+REFERENCE_KERNELS = (Kernel("conv", (32.0, 32.0, 3.0, 1.0, 14.0, 14.0, 1.0, 1.0, 1.0, 0.0, 32.0, 32.0)),
+                     Kernel("linear", (50.0, 64.0, 64.0, 0.0, 1.0, 0.0, 32.0, 32.0)),
+                     Kernel("eltwise", (3136.0, 2.0, 1.0)))
 ProgressFn = Callable[[str], None]
 MIN_KERNEL_MS = 5e-4  # no runtime node costs less than ~0.5 us; below that a difference is timer noise
 
@@ -110,12 +120,15 @@ class DeviceProfile:
     predictor: KernelPredictor = field(default_factory=KernelPredictor, repr=False)
     preferred_align: int = 1
     align_gain: dict[str, float] = field(default_factory=dict)
-    #: whole random networks measured once: (their kernels, measured ms) for the context calibration
-    composites: list[tuple[list[Kernel], float]] = field(default_factory=list)
+    #: whole random networks measured once: (their kernels, measured ms[, reference ms]) for the context
+    #: calibration (the reference as `Sample.ref`)
+    composites: list[tuple] = field(default_factory=list)
     type_scale: dict[str, float] = field(default_factory=dict)
     context_fit: dict[str, Any] = field(default_factory=dict)
     #: STRUCTURED_PROFILE_VERSION when built with structured samples (see `build_profile`), else PROFILE_VERSION
     format_version: int = PROFILE_VERSION
+    #: sd of log reference time across the build's timing processes (how much the machine's speed moved)
+    speed_spread: float | None = None
 
     @property
     def n_samples(self) -> int:
@@ -132,15 +145,37 @@ class DeviceProfile:
         return PROTOCOLS.get(self.format_version, PROTOCOLS[PROFILE_VERSION]).statistic
 
     # ------------------------------------------------------------------ fitting
+    def speed_reference(self) -> float | None:
+        """The build's median reference time (samples and networks alike), None without references."""
+        refs = [s.ref for s in self.samples if s.ref] + [c[2] for c in self.composites if len(c) > 2 and c[2]]
+        return _median(refs) if refs else None
+
+    def fit_samples(self) -> list[Sample]:
+        """The samples as fitted: each divided by its timing process's speed (reference / the median)."""
+        ref = self.speed_reference()
+        if ref is None:
+            return list(self.samples)
+        return [Sample(s.kernel, s.ms * ref / s.ref, s.ref) if s.ref else s for s in self.samples]
+
+    def fit_composites(self) -> list[tuple[list[Kernel], float]]:
+        """(kernels, ms) of the whole networks as fitted, divided by their process's speed as samples are."""
+        ref = self.speed_reference()
+        return [(c[0], c[1] * ref / c[2] if ref and len(c) > 2 and c[2] else c[1]) for c in self.composites]
+
     def fit(self) -> DeviceProfile:
         self.predictor.block_features = self.structured
         self.predictor.relative = self.format_version == MEDIAN_PROFILE_VERSION
-        self.fit_error = self.predictor.fit(self.samples)
+        self.fit_error = self.predictor.fit(self.fit_samples())
         if "conv" in self.fit_error:
             self.preferred_align, self.align_gain = _preferred_align(self.predictor)
         self.type_scale, self.context_fit = {}, {}
         if len(self.composites) >= 8:
             self.type_scale, self.context_fit = _fit_context(self)
+        refs = [s.ref for s in self.samples if s.ref] + [c[2] for c in self.composites if len(c) > 2 and c[2]]
+        if len(refs) >= 2:  # how much the machine's speed moved between timing processes (sd of log)
+            logs = [math.log(r) for r in refs]
+            mean = sum(logs) / len(logs)
+            self.speed_spread = round(math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1)), 4)
         return self
 
     def _sum(self, kernels: Sequence[Kernel]) -> tuple[float, float]:
@@ -179,8 +214,9 @@ class DeviceProfile:
                 "overhead_ms": self.overhead_ms, "calibration": list(self.calibration),
                 "statistic": self.statistic, "preferred_align": self.preferred_align, "align_gain": self.align_gain,
                 "fit_error": self.fit_error, "type_scale": self.type_scale, "context_fit": self.context_fit,
+                "speed_spread": self.speed_spread,
                 "samples": [s.to_list() for s in self.samples],
-                "composites": [[[[k.type, list(k.params)] for k in ks], ms] for ks, ms in self.composites]}
+                "composites": [_composite_row(c) for c in self.composites]}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -235,6 +271,7 @@ class DeviceProfile:
                 "n_samples": self.n_samples, "overhead_ms": round(self.overhead_ms, 4),
                 "preferred_align": self.preferred_align, "calibration": list(self.calibration),
                 "composites": len(self.composites), "context_fit": self.context_fit,
+                "speed_spread": self.speed_spread,
                 "fit_error": {t: {"samples": r["samples"], "cv_within_10pct": r["cv_within_10pct"]}
                               for t, r in self.fit_error.items()}}
 
@@ -250,8 +287,16 @@ def context_key(k: Kernel) -> str:
     return k.type
 
 
-def _composites_from(rows: Sequence[Any]) -> list[tuple[list[Kernel], float]]:
-    return [([Kernel(t, tuple(float(v) for v in p)) for t, p in ks], float(ms)) for ks, ms in rows]
+def _composites_from(rows: Sequence[Any]) -> list[tuple]:
+    out: list[tuple] = []
+    for row in rows:
+        ks = [Kernel(t, tuple(float(v) for v in p)) for t, p in row[0]]
+        out.append((ks, float(row[1])) + ((float(row[2]),) if len(row) > 2 and row[2] is not None else ()))
+    return out
+
+
+def _composite_row(c: tuple) -> list[Any]:
+    return [[[k.type, list(k.params)] for k in c[0]], c[1], *c[2:]]
 
 
 #: ridge strengths tried by the context fit (picked by 5-fold cross-validation on the networks)
@@ -262,10 +307,11 @@ def _context_design(profile: DeviceProfile) -> tuple[list[str], Any, Any, Any]:
     """Per network: predicted ms summed per context key, its kernel count (glue excluded), measured ms."""
     import numpy as np
 
-    types = sorted({context_key(k) for ks, _ in profile.composites for k in ks})
+    composites = profile.fit_composites()
+    types = sorted({context_key(k) for ks, _ in composites for k in ks})
     col = {t: i for i, t in enumerate(types)}
     rows, counts, ys = [], [], []
-    for ks, ms in profile.composites:
+    for ks, ms in composites:
         y = ms - profile.overhead_ms
         if y <= 0:
             continue
@@ -386,8 +432,9 @@ def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, thre
     Each kernel's figure is the protocol's statistic (default: the runtime's current profile version's):
     the median, what a measured model reports, or (versions 1-2) the fastest decile. `structured`
     (default: whether the runtime has block-sparse kernels) gives conv/linear samples the engine's masks
-    for their scheme and block height (`sampling.sample_module`). `stats_out` receives the baseline's
-    and each measured sample's `STATS` (for the side file).
+    for their scheme and block height (`sampling.sample_module`). With the protocol's `references`, the
+    process also times `REFERENCE_KERNELS` and each sample records their geometric mean (`Sample.ref`).
+    `stats_out` receives the baseline's, the references' and each measured sample's `STATS` (side file).
     """
     from latency_models.measure import run_worker
     from latency_models.runtimes.base import get_runtime
@@ -401,8 +448,9 @@ def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, thre
     if structured is None:
         structured = bool(rt.structured_sparsity)
     torch.manual_seed(seed)
-    mods = [baseline_module(batch, protocol.identity_baseline)] + [sample_module(k, batch, rng, structured)
-                                                                    for k in kernels]
+    refs = _reference_modules(batch) if protocol.references else []
+    mods = ([baseline_module(batch, protocol.identity_baseline)] + refs
+            + [sample_module(k, batch, rng, structured) for k in kernels])
     artifacts, shapes = [], []
     for module, shape in mods:
         artifacts.append(rt.export_kernel(module.eval(), torch.randn(*shape), precision))
@@ -419,26 +467,52 @@ def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, thre
     if values[0] is None:
         raise RuntimeError(f"the baseline model failed on {rt.name}: {results[0].get('error')}")
     base = values[0]
+    ref = _reference_time(values[1:1 + len(refs)]) if refs else None
     out = []
     if stats_out is not None:
-        stats_out.append(stats[0])
-    for (module, shape), k, m, st in zip(mods[1:], kernels, values[1:], stats[1:], strict=True):
+        stats_out.extend(stats[:1 + len(refs)])
+    skip = 1 + len(refs)
+    for (module, shape), k, m, st in zip(mods[skip:], kernels, values[skip:], stats[skip:], strict=True):
         if m is not None:
-            out.append(Sample(measured_params(k, module, shape), max(MIN_KERNEL_MS, m - base)))
+            out.append(Sample(measured_params(k, module, shape), max(MIN_KERNEL_MS, m - base), ref))
             if stats_out is not None:
                 stats_out.append(st)
     return out, base
 
 
+def _reference_modules(batch: int) -> list[tuple[Any, tuple[int, ...]]]:
+    """The sample modules of `REFERENCE_KERNELS` (fixed weights: the same modules in every process)."""
+    import torch
+
+    from latency_models.sampling import sample_module
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        rng = random.Random(0)
+        return [sample_module(k, batch, rng) for k in REFERENCE_KERNELS]
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _reference_time(values: Sequence[float | None]) -> float | None:
+    """The geometric mean of the reference kernels' times in one process (None if one failed)."""
+    if not values or any(v is None or v <= 0 for v in values):
+        return None
+    return round(math.exp(sum(math.log(v) for v in values) / len(values)), 6)
+
+
 def measure_networks(rng: random.Random, n: int, *, runtime: str, batch: int, threads: int, precision: str,
                      device: str | None = None, protocol: Protocol | None = None,
                      stats_out: list | None = None,
-                     families: list | None = None) -> tuple[list[tuple[list[Kernel], float]], float]:
+                     families: list | None = None) -> tuple[list[tuple], float]:
     """Measure `n` random whole networks (interleaved, one timing process) with their kernels.
 
     Timed with the protocol's network settings (version 3: `measure_latency`'s, many interleaved slices)
     and fitted on its statistic; kernels as `kernels_for_model` reads them (masked layers' density).
-    `stats_out` / `families` receive the baseline's and each network's `STATS` / model class name.
+    With the protocol's `references` each network carries the process's reference time as a third element.
+    `stats_out` / `families` receive the baseline's, the references' and each network's `STATS` / model
+    class name.
     """
     import torch
 
@@ -452,6 +526,10 @@ def measure_networks(rng: random.Random, n: int, *, runtime: str, batch: int, th
     base_mod, base_shape = baseline_module(batch, protocol.identity_baseline)
     artifacts = [rt.export_kernel(base_mod, torch.randn(*base_shape), precision)]
     shapes: list[tuple[int, ...]] = [base_shape]
+    refs = _reference_modules(batch) if protocol.references else []
+    for module, shape in refs:
+        artifacts.append(rt.export_kernel(module.eval(), torch.randn(*shape), precision))
+        shapes.append(shape)
     for model, shape in nets:
         artifacts.append(rt.export_kernel(model, torch.randn(batch, *shape), precision))
         shapes.append((batch, *shape))
@@ -465,11 +543,13 @@ def measure_networks(rng: random.Random, n: int, *, runtime: str, batch: int, th
                              rounds=protocol.network_rounds, target_ms=protocol.network_target_ms)
     values, stats = _timed(results, protocol.statistic)
     if stats_out is not None:
-        stats_out.append(stats[0])
+        stats_out.extend(stats[:1 + len(refs)])
+    ref = _reference_time(values[1:1 + len(refs)]) if refs else None
     out = []
-    for (model, shape), m, st in zip(nets, values[1:], stats[1:], strict=True):
+    skip = 1 + len(refs)
+    for (model, shape), m, st in zip(nets, values[skip:], stats[skip:], strict=True):
         if m is not None:
-            out.append((kernels_for_model(model, shape), m))
+            out.append((kernels_for_model(model, shape), m) + ((ref,) if ref else ()))
             if stats_out is not None:
                 stats_out.append(st)
             if families is not None:
@@ -485,7 +565,7 @@ def _median(xs: list[float]) -> float:
 
 def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: int = 1, threads: int = 1,
                   precision: str = "fp32", device: str | None = None, samples_path: str | Path | None = None,
-                  progress: ProgressFn | None = None, seed: int = 0, chunk: int = 24,
+                  progress: ProgressFn | None = None, seed: int = 0, chunk: int | None = None,
                   max_samples: int | None = None, composite_share: float = 0.35,
                   composite_chunk: int = 6) -> DeviceProfile:
     """Sample kernel configurations, measure them within a time budget, fit, return the profile.
@@ -493,7 +573,9 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
     Resumable: every measured chunk is appended to `samples_path` (JSON lines, with each item's p10 /
     quartiles) and reused by the next call with the same device/runtime/settings/sampling, so an
     interrupted or repeated build only adds samples. `composite_share` of the time goes to whole
-    random networks (the context calibration).
+    random networks (the context calibration). `chunk`: kernels per timing process (default 24; version
+    3 profiles 48, as their processes are normalised by their reference kernels and a torch process
+    takes ~2 s to start).
     """
     from latency_models.sampling import random_kernel, zoo_prior
 
@@ -508,9 +590,10 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
     key = _key(runtime, batch, threads, precision, fingerprint)
     version = current_version(runtime)
     protocol = PROTOCOLS[version]
+    chunk = chunk or (48 if protocol.references else 24)
     samples: list[Sample] = []
     baselines: list[float] = []
-    composites: list[tuple[list[Kernel], float]] = []
+    composites: list[tuple] = []
     side = Path(samples_path) if samples_path else None
     if side and side.is_file():
         for line in side.read_text().splitlines():
@@ -547,7 +630,8 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
                                     protocol=protocol, stats_out=stats)
         samples.extend(got)
         baselines.append(base)
-        append({"baseline_ms": base, "samples": [s.to_list() for s in got], "stats": stats})
+        append({"baseline_ms": base, "samples": [s.to_list() for s in got], "stats": stats,
+                "references": len(REFERENCE_KERNELS) if protocol.references else 0})
         if progress:
             left = max(0.0, deadline - time.monotonic())
             progress(f"profile: {len(samples)} kernel samples measured on {runtime} (batch {batch}, "
@@ -559,8 +643,8 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
                                        stats_out=stats, families=families)
         composites.extend(got_c)
         baselines.append(base)
-        append({"baseline_ms": base, "composites": [[[[k.type, list(k.params)] for k in ks], ms] for ks, ms in got_c],
-                "stats": stats, "families": families})
+        append({"baseline_ms": base, "composites": [_composite_row(c) for c in got_c], "stats": stats,
+                "families": families, "references": len(REFERENCE_KERNELS) if protocol.references else 0})
         if progress:
             left = max(0.0, deadline - time.monotonic())
             progress(f"profile: {len(composites)} whole random networks measured for the context calibration; "

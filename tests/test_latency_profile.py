@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from latency_models.profile import (
     MIN_KERNEL_MS,
     PROFILE_VERSION,
     PROTOCOLS,
+    REFERENCE_KERNELS,
     STRUCTURED_PROFILE_VERSION,
     build_profile,
     current_version,
@@ -91,9 +93,13 @@ def test_build_is_resumable_from_its_side_file(tmp_path):
     assert first.format_version == MEDIAN_PROFILE_VERSION and first.statistic == "median"
     assert first.predictor.relative
     row = json.loads(side.read_text().splitlines()[0])
-    assert row["key"]["sampling"] == "median-1"
-    assert len(row["stats"]) == len(row["samples"]) + 1  # the baseline's first
-    for (p10, p25, med, p75), (_, _, ms) in zip(row["stats"][1:], row["samples"], strict=True):
+    assert row["key"]["sampling"] == "median-2" and row["references"] == len(REFERENCE_KERNELS)
+    skip = 1 + row["references"]
+    assert len(row["stats"]) == len(row["samples"]) + skip  # the baseline's, then the reference kernels'
+    ref = math.exp(sum(math.log(st[2]) for st in row["stats"][1:skip]) / row["references"])
+    assert all(r[3] == pytest.approx(ref, rel=1e-4) for r in row["samples"])  # each sample's process speed
+    assert all(s.ref for s in first.samples) and first.speed_reference() and first.speed_spread is not None
+    for (p10, p25, med, p75), (_, _, ms, _) in zip(row["stats"][skip:], row["samples"], strict=True):
         assert p10 <= p25 <= med <= p75
         assert ms == pytest.approx(max(MIN_KERNEL_MS, med - row["baseline_ms"]), abs=2e-6)  # stats: 6 decimals
     assert row["baseline_ms"] == pytest.approx(row["stats"][0][2], abs=1e-6)
@@ -118,6 +124,24 @@ def test_the_statistic_a_profile_predicts_is_the_one_measurement_reports():
     assert here_profile().statistic == "p10"  # a profile of the first format predicts the fastest decile
 
 
+def test_samples_and_networks_are_divided_by_their_process_speed():
+    """A timing process that ran 1.5x slow (its reference kernels say so) is fitted as if it had not."""
+    from latency_models.kernels import Kernel
+
+    fast = [Sample(s.kernel, s.ms, 0.02) for s in fixture_samples()[:40]]
+    slow = [Sample(s.kernel, 1.5 * s.ms, 0.03) for s in fixture_samples()[40:60]]
+    profile = here_profile(fast + slow)
+    assert profile.speed_reference() == pytest.approx(0.02)  # the median process
+    fitted = profile.fit_samples()
+    assert [s.ms for s in fitted] == pytest.approx([s.ms for s in fixture_samples()[:60]])
+    net = [Kernel("eltwise", (100.0, 2.0, 0.0))]
+    profile.composites = [(net, 1.0, 0.02), (net, 3.0, 0.06), (net, 2.0)]  # the last: no reference recorded
+    assert [ms for _, ms in profile.fit_composites()] == pytest.approx([1.0, 1.0, 2.0])
+    again = DeviceProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    assert again.samples == profile.samples and again.composites == profile.composites
+    assert Sample.from_list(fast[0].to_list()) == fast[0] and len(Sample(net[0], 1.0).to_list()) == 3
+
+
 def test_get_or_build_rebuilds_a_cached_profile_of_an_older_version(tmp_path):
     from latency_models.profile import default_profile_path, get_or_build_profile
 
@@ -133,14 +157,22 @@ def test_get_or_build_rebuilds_a_cached_profile_of_an_older_version(tmp_path):
     assert json.loads(path.read_text())["statistic"] == "median"
 
 
-def _context_profile(scales: dict[str, float], per_kernel_ms: float, n: int = 60, seed: int = 0) -> DeviceProfile:
-    """A profile whose whole networks follow a known law: scale_t x isolated prediction + a per-kernel term."""
+@pytest.fixture(scope="module")
+def wide_profile() -> DeviceProfile:
+    """The fixture's conv samples plus synthetic other kernels (fitted once)."""
+    return here_profile(fixture_samples() + _synthetic_other_kernels())
+
+
+def _context_profile(base: DeviceProfile, scales: dict[str, float], per_kernel_ms: float, n: int = 60,
+                     seed: int = 0) -> DeviceProfile:
+    """`base` with whole networks that follow a known law: scale_t x isolated prediction + a per-kernel term."""
+    import copy
     import random
 
-    from latency_models.profile import context_key
+    from latency_models.profile import _fit_context, context_key
     from latency_models.sampling import random_kernel, zoo_prior
 
-    profile = here_profile(fixture_samples() + _synthetic_other_kernels())
+    profile = copy.copy(base)
     rng, prior = random.Random(seed), zoo_prior()
     composites = []
     for _ in range(n):
@@ -150,12 +182,13 @@ def _context_profile(scales: dict[str, float], per_kernel_ms: float, n: int = 60
         ms = sum(p * scales.get(context_key(k), 1.0) for p, k in zip(pred, ks, strict=True))
         composites.append((ks, profile.overhead_ms + ms + per_kernel_ms * len(ks)))
     profile.composites = composites
-    return profile.fit()
+    profile.type_scale, profile.context_fit = _fit_context(profile)  # what fit() does after the regressors
+    return profile
 
 
-def test_context_fit_recovers_type_scales_and_a_per_kernel_term():
+def test_context_fit_recovers_type_scales_and_a_per_kernel_term(wide_profile):
     law = {"conv/a8": 0.8, "conv/u": 1.25, "eltwise": 1.5}
-    profile = _context_profile(law, per_kernel_ms=0.004)
+    profile = _context_profile(wide_profile, law, per_kernel_ms=0.004)
     assert profile.context_fit["networks"] == 60
     assert profile.context_fit["per_kernel_ms"] == pytest.approx(0.004, rel=0.25)
     for t, a in law.items():
@@ -164,7 +197,7 @@ def test_context_fit_recovers_type_scales_and_a_per_kernel_term():
     ks, ms = profile.composites[0]
     assert profile.predict_kernels(ks).ms == pytest.approx(ms, rel=0.05)
     # no context in the networks: scales stay near 1 and no per-kernel term
-    plain = _context_profile({}, per_kernel_ms=0.0, seed=1)
+    plain = _context_profile(wide_profile, {}, per_kernel_ms=0.0, seed=1)
     assert all(abs(a - 1) < 0.05 for a in plain.type_scale.values())
     assert abs(plain.context_fit["per_kernel_ms"]) < 5e-4
 
@@ -274,5 +307,5 @@ def test_profile_versions_and_features_per_runtime(profile, sparse_profile, tmp_
     assert DeviceProfile.load(tmp_path / "old.json").format_version == 1
     # measured samples of different samplings never mix in a side file
     assert _key("sparse-cpu", 1, 1, "fp32", "x")["sampling"] == "structured-1"
-    assert _key("onnxruntime", 1, 1, "fp32", "x")["sampling"] == "median-1"
+    assert _key("onnxruntime", 1, 1, "fp32", "x")["sampling"] == "median-2"
     assert not again.predictor.relative and not profile.predictor.relative

@@ -6,7 +6,7 @@
 For each runtime and batch: build (or reuse, cached under --profile-dir) a device profile from kernel
 samples only, then draw random policies on every zoo model (channel pruning with random align 1/4/8/16,
 so odd channel counts occur; some unstructured / N:M layers, masked at the dense shape), apply them with
-search_spaces.apply_policy, measure each compressed model (all policies of one model interleaved in one
+search_spaces.apply_policy, measure each compressed model (all policies of all models interleaved in one
 timing process) and predict it with predict_policy. "Measured" is what the project reports as measured:
 the median of `latency_models.compare` with its default protocol (at least 100 calls, about 1 s per model,
 in 10 interleaved slices); profiles of version 3 fit the same statistic with the same protocol. The share
@@ -66,30 +66,36 @@ def run(runtime: str, batch: int, args) -> dict:
                                    cache_dir=args.profile_dir, progress=lambda m: print(m, file=sys.stderr))
     rt = OnnxRuntime(exporter="fast") if runtime == "onnxruntime" else runtime
     rng = random.Random(args.seed)
-    rows = []
+    cases = []  # (model name, space, policy index, policy, compressed model)
     for name in ZOO:
         model = build_model(name, INPUT[0], 10, INPUT[1]).eval()
         space = SearchSpace.from_model(model, name, INPUT)
         policies = [space.dense_policy()] + [random_policy(space, rng) for _ in range(args.policies)]
-        models = [apply_policy(model, p, torch.zeros(1, *INPUT)).model.eval() for p in policies]
-        t0 = time.perf_counter()
-        protocol = {} if args.repeats is None else {"repeats": args.repeats, "target_ms": 0.0}
-        measured = compare(models, INPUT, runtime=rt, batch=batch, threads=1, **protocol)
-        measure_s = (time.perf_counter() - t0) / len(models)
-        for i, (p, m) in enumerate(zip(policies, measured, strict=True)):
-            predict_policy(profile, space, p)  # first call fills the memo; time a fresh policy below
-            t1 = time.perf_counter()
-            est = predict_policy(profile, space, p)
-            cost = time.perf_counter() - t1
-            kern = policy_kernels(space, p)
-            chans = [k.params[1] for k in kern if k.type == "conv"]
-            rows.append({"model": name, "policy": i, "measured_ms": m.ms, "measured_p10_ms": m.p10_ms,
-                         "measured_p25_ms": m.p25_ms, "measured_p75_ms": m.p75_ms, "repeats": m.repeats,
-                         "predicted_ms": est.ms, "std_ms": est.std_ms, "rel_err": est.ms / m.ms - 1,
-                         "rel_err_p10": est.ms / m.p10_ms - 1, "predict_s": cost,
-                         "measure_s": measure_s, "odd_channels": sum(c % 8 != 0 for c in chans)})
+        cases += [(name, space, i, p, apply_policy(model, p, torch.zeros(1, *INPUT)).model.eval())
+                  for i, p in enumerate(policies)]
+    # every compressed model of every zoo model interleaved in ONE timing process: the shared machine's
+    # speed moves by ~10% between processes / minutes, which timed model by model showed up as whole
+    # models mispredicted together
+    t0 = time.perf_counter()
+    protocol = {} if args.repeats is None else {"repeats": args.repeats, "target_ms": 0.0}
+    measured = compare([c[4] for c in cases], INPUT, runtime=rt, batch=batch, threads=1, **protocol)
+    measure_s = (time.perf_counter() - t0) / len(cases)
+    rows = []
+    for (name, space, i, p, _), m in zip(cases, measured, strict=True):
+        predict_policy(profile, space, p)  # first call fills the memo; time a fresh policy below
+        t1 = time.perf_counter()
+        est = predict_policy(profile, space, p)
+        cost = time.perf_counter() - t1
+        kern = policy_kernels(space, p)
+        chans = [k.params[1] for k in kern if k.type == "conv"]
+        rows.append({"model": name, "policy": i, "measured_ms": m.ms, "measured_p10_ms": m.p10_ms,
+                     "measured_p25_ms": m.p25_ms, "measured_p75_ms": m.p75_ms, "repeats": m.repeats,
+                     "predicted_ms": est.ms, "std_ms": est.std_ms, "rel_err": est.ms / m.ms - 1,
+                     "rel_err_p10": est.ms / m.p10_ms - 1, "predict_s": cost,
+                     "measure_s": measure_s, "odd_channels": sum(c % 8 != 0 for c in chans)})
+    for name in ZOO:
         print(f"{runtime} b{batch} {name}: " + ", ".join(f"{r['measured_ms']:.3f}/{r['predicted_ms']:.3f}"
-                                                           for r in rows if r["model"] == name), file=sys.stderr)
+                                                       for r in rows if r["model"] == name), file=sys.stderr)
     # the predictor's cost on unseen policies (no memo hits): fresh policies, cleared memo
     fresh_costs = []
     for name in ("resnet20", "mobilenetv2"):
@@ -106,6 +112,7 @@ def run(runtime: str, batch: int, args) -> dict:
     return {"runtime": runtime, "batch": batch, "threads": 1, "device": profile.device,
             "profile_version": profile.format_version, "profile_statistic": profile.statistic,
             "profile_samples": profile.n_samples, "profile_networks": len(profile.composites),
+            "profile_speed_spread": profile.speed_spread,
             "context_fit": profile.context_fit, "type_scale": profile.type_scale,
             "preferred_align": profile.preferred_align,
             "n": len(rows), "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
