@@ -32,7 +32,8 @@ class LatencyEstimate:
     p25_ms: float | None = None
     p75_ms: float | None = None
     repeats: int | None = None
-    #: 10th percentile: the uncontended latency when other jobs share the cores (what profiles fit)
+    #: 10th percentile: the uncontended latency when other jobs share the cores (what profiles of versions
+    #: 1-2 fitted; version 3 profiles fit the median, `ms`)
     p10_ms: float | None = None
 
     def __post_init__(self) -> None:

@@ -429,6 +429,18 @@ def compressed_kernels(skel: Skeleton, layers: Sequence[Any]) -> list[Kernel]:
     return out
 
 
+def weight_bytes(k: Kernel) -> float:
+    """Bytes of a conv / dwconv / linear kernel's weights at their bit width (stored dense), else 0."""
+    p = k.params
+    if k.type == "conv":
+        return p[0] * p[1] * p[2] ** 2 * p[10] / 8
+    if k.type == "linear":
+        return p[1] * p[2] * p[6] / 8
+    if k.type == "dwconv":
+        return p[0] * p[1] ** 2 * 4.0
+    return 0.0
+
+
 def total_macs(kernels: Sequence[Kernel]) -> float:
     """MACs per sample of conv/linear/matmul kernels (for reports; the predictor does not rely on it)."""
     t = 0.0

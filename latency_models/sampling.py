@@ -442,14 +442,21 @@ def channel_sweep(channels: Sequence[int] = tuple(range(56, 73)), hw: int = 14, 
 
 
 # ------------------------------------------------------------------------------ composite networks
+#: the zoo's resnets (depth, width) and vgg8's widths: never drawn as random networks (they are what the
+#: latency benchmark predicts)
+_ZOO_RESNETS = {(20, 16), (56, 16)}
+_ZOO_VGG = (32, 64, 128)
+
+
 def random_network(rng: random.Random) -> tuple[nn.Module, tuple[int, int, int]]:
     """A random-width network of one of the zoo's block families, for the context calibration.
 
     Kernels timed alone miss what a runtime does between them (layout reorders kept across a chain of
     convs, ops fused across kernels, weights that are no longer in cache, glue such as concat/slice):
-    whole random networks measured once let the profile learn a per-kernel-type correction. Widths,
-    depths and stage repeats are drawn at random, so these are not the zoo's models; half of them are
-    then pruned the way policies prune (`_randomly_pruned`).
+    whole random networks measured once let the profile learn a per-kernel-type correction. Widths (half
+    of the time multiples of 8, as designed networks have them), depths (resnets of 8-56 layers, whose
+    weights range from kilobytes to beyond the cache) and stage repeats are drawn at random, so these are
+    not the zoo's models; half of them are then pruned the way policies prune (`_randomly_pruned`).
     """
     from automl.models.mobilenetv2 import CIFAR_SETTINGS, MobileNetV2
     from automl.models.resnet import CifarResNet
@@ -458,10 +465,20 @@ def random_network(rng: random.Random) -> tuple[nn.Module, tuple[int, int, int]]
 
     shape = rng.choice(((1, 28, 28), (3, 32, 32)))
     family = rng.choice(("resnet", "vgg", "mobilenet", "vit"))
+    aligned = rng.random() < 0.5  # designed widths are multiples of 8; pruning (below) unaligns them
+
+    def width(lo: int, hi: int) -> int:
+        w = rng.randint(lo, hi)
+        return max(8, round(w / 8) * 8) if aligned else w
+
     if family == "resnet":
-        model = CifarResNet(rng.choice((8, 14, 20, 26, 32)), shape[0], 10, width=rng.randint(3, 24))
+        w = width(3, 24)
+        depths = [d for d in (8, 14, 20, 32, 44, 56) if (d, w) not in _ZOO_RESNETS]
+        model = CifarResNet(rng.choice(depths), shape[0], 10, width=w)
     elif family == "vgg":
-        a, b, c = (rng.randint(4, 160) for _ in range(3))
+        a, b, c = (width(4, 160) for _ in range(3))
+        if (a, b, c) == _ZOO_VGG:
+            c += 8
         model = VGG((a, a, "M", b, b, "M", c, c, "M"), shape[0], 10, hidden=rng.randint(16, 320))
     elif family == "mobilenet":
         stages = CIFAR_SETTINGS if rng.random() < 0.5 else CIFAR_SETTINGS[:-1]

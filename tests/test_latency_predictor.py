@@ -283,3 +283,26 @@ def test_block_height_read_off_weights_matches_the_policy():
     expected = {"layer2.1.conv1": 4, "layer3.0.conv2": 4, "layer1.0.conv1": 1, "fc": 2, "layer1.0.conv2": 1}
     assert {n: kernel_block(traced[n]) for n in expected} == expected
     assert {n: kernel_block(predicted[n]) for n in expected} == expected
+
+
+def test_random_networks_are_never_the_zoo_models(monkeypatch):
+    """The context networks are random: the zoo architectures the latency benchmark predicts never occur."""
+    import random
+
+    from automl.models.resnet import CifarResNet
+    from automl.models.vgg import VGG
+    from latency_models import sampling
+
+    monkeypatch.setattr(sampling, "_randomly_pruned", lambda model, shape, rng: model)
+    rng = random.Random(0)
+    seen = Counter()
+    for _ in range(400):
+        model, _ = sampling.random_network(rng)
+        seen[type(model).__name__] += 1
+        if isinstance(model, CifarResNet):
+            convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+            assert (len(convs) + 1, convs[0].out_channels) not in {(20, 16), (56, 16)}  # depth: 3x3 convs + fc
+        if isinstance(model, VGG):
+            widths = tuple(m.out_channels for m in model.features if isinstance(m, nn.Conv2d))[::2]
+            assert widths != (32, 64, 128)
+    assert set(seen) == {"CifarResNet", "VGG", "MobileNetV2", "VisionTransformer"}

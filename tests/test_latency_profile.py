@@ -164,12 +164,13 @@ def wide_profile() -> DeviceProfile:
 
 
 def _context_profile(base: DeviceProfile, scales: dict[str, float], per_kernel_ms: float, n: int = 60,
-                     seed: int = 0) -> DeviceProfile:
-    """`base` with whole networks that follow a known law: scale_t x isolated prediction + a per-kernel term."""
+                     seed: int = 0, cold: tuple[float, float] = (0.0, 1.0)) -> DeviceProfile:
+    """`base` with whole networks that follow a known law: scale_t x isolated prediction + a per-kernel term
+    + cold[0] ms per MiB of weights beyond cold[1] MiB."""
     import copy
     import random
 
-    from latency_models.profile import _fit_context, context_key
+    from latency_models.profile import _fit_context, cold_weight_mb, context_key
     from latency_models.sampling import random_kernel, zoo_prior
 
     profile = copy.copy(base)
@@ -180,6 +181,7 @@ def _context_profile(base: DeviceProfile, scales: dict[str, float], per_kernel_m
               for _ in range(rng.randint(3, 40))]
         pred, _ = profile.predictor.predict_kernels(ks)
         ms = sum(p * scales.get(context_key(k), 1.0) for p, k in zip(pred, ks, strict=True))
+        ms += cold[0] * cold_weight_mb(ks, cold[1])
         composites.append((ks, profile.overhead_ms + ms + per_kernel_ms * len(ks)))
     profile.composites = composites
     profile.type_scale, profile.context_fit = _fit_context(profile)  # what fit() does after the regressors
@@ -196,10 +198,27 @@ def test_context_fit_recovers_type_scales_and_a_per_kernel_term(wide_profile):
     assert profile.context_fit["cv_within_10pct"] > 0.9 and profile.context_fit["ridge"] in CONTEXT_LAMBDAS
     ks, ms = profile.composites[0]
     assert profile.predict_kernels(ks).ms == pytest.approx(ms, rel=0.05)
-    # no context in the networks: scales stay near 1 and no per-kernel term
+    assert profile.context_fit["cold_ms_per_mb"] < 0.01
+    # no context in the networks: scales stay near 1 and no per-kernel or cold-weights term
     plain = _context_profile(wide_profile, {}, per_kernel_ms=0.0, seed=1)
     assert all(abs(a - 1) < 0.05 for a in plain.type_scale.values())
-    assert abs(plain.context_fit["per_kernel_ms"]) < 5e-4
+    assert abs(plain.context_fit["per_kernel_ms"]) < 5e-4 and plain.context_fit["cold_ms_per_mb"] < 0.01
+
+
+def test_context_fit_finds_the_cost_of_weights_that_do_not_stay_cached(wide_profile):
+    """Networks whose weights exceed the cache pay for reading them: found with the cache size."""
+    from latency_models.kernels import Kernel, weight_bytes
+
+    conv = Kernel("conv", (64.0, 64.0, 3.0, 1.0, 7.0, 7.0, 1.0, 1.0, 1.0, 0.0, 32.0, 32.0))
+    assert weight_bytes(conv) == 64 * 64 * 9 * 4
+    assert weight_bytes(Kernel("conv", conv.params[:10] + (8.0, 32.0))) == 64 * 64 * 9  # int8 weights
+    profile = _context_profile(wide_profile, {}, per_kernel_ms=0.0, n=80, seed=2, cold=(0.2, 1.0))
+    mbs = [sum(weight_bytes(k) for k in ks) / 2**20 for ks, _ in profile.composites]
+    assert sum(m > 1.0 for m in mbs) > 10  # the law matters for some networks
+    assert profile.context_fit["cache_mb"] == 1.0
+    assert profile.context_fit["cold_ms_per_mb"] == pytest.approx(0.2, rel=0.15)
+    ks, ms = max(profile.composites, key=lambda c: sum(weight_bytes(k) for k in c[0]))
+    assert profile.predict_kernels(ks).ms == pytest.approx(ms, rel=0.05)
 
 
 def test_predict_policy_on_a_search_space(profile):
