@@ -42,7 +42,7 @@ READABLE_VERSIONS = (PROFILE_VERSION, STRUCTURED_PROFILE_VERSION, MEDIAN_PROFILE
 #: the side-file key of structured samples, so a rebuild never mixes in random-mask samples of an older build
 STRUCTURED_SAMPLING = "structured-1"
 #: the side-file key of MEDIAN_PROFILE_VERSION samples (never mixed with fastest-decile ones)
-MEDIAN_SAMPLING = "median-2"
+MEDIAN_SAMPLING = "median-3"
 KERNEL_MIX = (("conv", 0.45), ("dwconv", 0.12), ("linear", 0.15), ("eltwise", 0.08), ("pool", 0.04),
               ("norm", 0.04), ("softmax", 0.03), ("matmul", 0.05), ("transpose", 0.04))
 #: MEDIAN_PROFILE_VERSION samples glue ops too (a few suffice: they cost about the same whatever their size)

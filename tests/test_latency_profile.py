@@ -93,7 +93,7 @@ def test_build_is_resumable_from_its_side_file(tmp_path):
     assert first.format_version == MEDIAN_PROFILE_VERSION and first.statistic == "median"
     assert first.predictor.relative
     row = json.loads(side.read_text().splitlines()[0])
-    assert row["key"]["sampling"] == "median-2" and row["references"] == len(REFERENCE_KERNELS)
+    assert row["key"]["sampling"] == "median-3" and row["references"] == len(REFERENCE_KERNELS)
     skip = 1 + row["references"]
     assert len(row["stats"]) == len(row["samples"]) + skip  # the baseline's, then the reference kernels'
     ref = math.exp(sum(math.log(st[2]) for st in row["stats"][1:skip]) / row["references"])
@@ -326,5 +326,5 @@ def test_profile_versions_and_features_per_runtime(profile, sparse_profile, tmp_
     assert DeviceProfile.load(tmp_path / "old.json").format_version == 1
     # measured samples of different samplings never mix in a side file
     assert _key("sparse-cpu", 1, 1, "fp32", "x")["sampling"] == "structured-1"
-    assert _key("onnxruntime", 1, 1, "fp32", "x")["sampling"] == "median-2"
+    assert _key("onnxruntime", 1, 1, "fp32", "x")["sampling"] == "median-3"
     assert not again.predictor.relative and not profile.predictor.relative
