@@ -731,8 +731,9 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
         nxt = re.search(r"^## ", text[start + len(SECTION):], flags=re.M)
         end = start + len(SECTION) + nxt.start() if nxt else len(text)
         text = text[:start] + body + "\n" + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + body
+    else:  # the headline goes first, before the building blocks' sections
+        first = re.search(r"^## ", text, flags=re.M)
+        text = (text[:first.start()] + body + "\n" + text[first.start():]) if first else text.rstrip() + "\n\n" + body
     doc.write_text(text)
     log(f"wrote {doc}")
 
