@@ -192,7 +192,7 @@ class DeviceProfile:
         if per_kernel:
             total = max(0.5 * total, total + per_kernel * sum(k.type != "glue" for k in kernels))
         cold = float(self.context_fit.get("cold_ms_per_mb", 0.0))
-        if cold:
+        if cold and self.context_fit.get("cache_mb") is not None:
             total += cold * cold_weight_mb(kernels, float(self.context_fit["cache_mb"]))
         rel = float(self.context_fit.get("cv_rel_rmse", 0.03))
         return total, math.sqrt(float((std**2).sum()) + (rel * total) ** 2)
@@ -306,8 +306,10 @@ def _composite_row(c: tuple) -> list[Any]:
 
 #: ridge strengths tried by the context fit (picked by 5-fold cross-validation on the networks)
 CONTEXT_LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
-#: cache sizes (MiB) tried for the cold-weights term (picked with the ridge strength)
+#: cache sizes (MiB) tried for the cold-weights term (picked with the ridge strength, against none), each
+#: only when at least CONTEXT_MIN_COLD networks' weights exceed it
 CONTEXT_CACHE_MB = (0.5, 1.0, 2.0, 4.0)
+CONTEXT_MIN_COLD = 8
 
 
 def cold_weight_mb(kernels: Sequence[Kernel], cache_mb: float) -> float:
@@ -385,7 +387,10 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
             err[test] = (X[test] @ solve(X, np.setdiff1d(everything, test), lam)) / y[test] - 1
         return err
 
-    errs = {(c, lam): cv(design(c), lam) for c in CONTEXT_CACHE_MB for lam in CONTEXT_LAMBDAS}
+    # no cold-weights term (an infinite cache), or a cache size that enough networks exceed to tell a
+    # cold-weights cost from one network's noise
+    caches = [math.inf] + [c for c in CONTEXT_CACHE_MB if int(np.sum(mb > c)) >= CONTEXT_MIN_COLD]
+    errs = {(c, lam): cv(design(c), lam) for c in caches for lam in CONTEXT_LAMBDAS}
     cache_mb, lam = min(errs, key=lambda v: (round(float(np.mean(errs[v] ** 2)), 12), -v[1], v[0]))
     err = errs[(cache_mb, lam)]
     coef = solve(design(cache_mb), everything, lam)
@@ -395,7 +400,8 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
               "cv_within_20pct": float(np.mean(np.abs(err) <= 0.2)),
               "cv_rel_rmse": float(np.sqrt(np.mean(err**2))), "ridge": lam,
               "per_kernel_ms": round(float(coef[-2] * unit), 6),
-              "cold_ms_per_mb": round(float(coef[-1] * unit_mb), 6), "cache_mb": cache_mb}
+              "cold_ms_per_mb": round(float(coef[-1] * unit_mb), 6) if math.isfinite(cache_mb) else 0.0,
+              "cache_mb": cache_mb if math.isfinite(cache_mb) else None}
     return {t: round(float(a), 4) for t, a in zip(types, coef[:-2], strict=True)}, report
 
 

@@ -219,6 +219,15 @@ def test_context_fit_finds_the_cost_of_weights_that_do_not_stay_cached(wide_prof
     assert profile.context_fit["cold_ms_per_mb"] == pytest.approx(0.2, rel=0.15)
     ks, ms = max(profile.composites, key=lambda c: sum(weight_bytes(k) for k in c[0]))
     assert profile.predict_kernels(ks).ms == pytest.approx(ms, rel=0.05)
+    # a few big networks alone never set the term (CONTEXT_MIN_COLD)
+    from latency_models.profile import CONTEXT_MIN_COLD, _fit_context
+
+    small = [c for c, m in zip(profile.composites, mbs, strict=True) if m <= 0.5]
+    big = [c for c, m in zip(profile.composites, mbs, strict=True) if m > 0.5][:CONTEXT_MIN_COLD - 1]
+    profile.composites = small + big
+    assert len(small) >= 8
+    _, report = _fit_context(profile)
+    assert report["cache_mb"] is None and report["cold_ms_per_mb"] == 0.0
 
 
 def test_predict_policy_on_a_search_space(profile):
