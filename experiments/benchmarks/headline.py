@@ -73,6 +73,8 @@ class ModelSpec(_Strict):
     candidates: int | None = Field(None, ge=1, description="override of the top-level candidates for this model")
     finetune_epochs: float | None = Field(None, gt=0, description="override of finetune.epochs for this model "
                                                                   "(every method of the model gets the same)")
+    settings: list[Literal["fp32", "int8"]] | None = Field(None, min_length=1,
+                                                         description="override of the top-level settings")
 
 
 class LatencySpec(_Strict):
@@ -453,7 +455,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
     log(f"{spec.name}: dense {dense_ms:.3f} ms measured (onnxruntime fp32, batch {cfg.latency.batch}, "
         f"{cfg.latency.threads} thread), test acc {100 * dense_acc:.2f}%; budget {target_ms:.3f} ms")
 
-    for setting in cfg.settings:
+    for setting in spec.settings or cfg.settings:
         bits = None if setting == "fp32" else 8
         space_cfg = SpaceConfig.from_dict(space_options(cfg, setting))
         space = SearchSpace.from_model(base, spec.name, shape, space_cfg)
@@ -561,7 +563,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                 bench.log_result(key, cell, policy)
                 log(f"  {key}: test acc {100 * cell['test_acc']:.2f}% at {ms:.3f} ms ({cell['speedup']:.2f}x)")
     if any("verified_ms" not in c for k, c in store.data["cells"].items()
-           if any(k.startswith(f"{spec.name}/{setting}/") for setting in cfg.settings)):
+           if any(k.startswith(f"{spec.name}/{setting}/") for setting in spec.settings or cfg.settings)):
         verify_model(cfg, spec, store, measurer)
 
 
@@ -619,7 +621,7 @@ def render(cfg: HeadlineConfig, store: ResultStore) -> str:
         dense = cells.get(f"{spec.name}/dense-latency")
         if dense is None:
             continue
-        for setting in cfg.settings:
+        for setting in spec.settings or cfg.settings:
             rows = [c for k, c in cells.items() if k.startswith(f"{spec.name}/{setting}/")]
             if not rows:
                 continue
@@ -668,7 +670,7 @@ def render_layers(cfg: HeadlineConfig, store: ResultStore, base_spaces: dict[str
         space = base_spaces.get(spec.name)
         if space is None:
             continue
-        for setting in cfg.settings:
+        for setting in spec.settings or cfg.settings:
             searched = [c for k, c in cells.items() if k.startswith(f"{spec.name}/{setting}/")
                         and c["method"] in cfg.agents and c["within_budget"]]
             if not searched:
