@@ -159,7 +159,7 @@ def signature(cfg: HeadlineConfig, spec: ModelSpec) -> str:
     relevant = cfg.model_dump(mode="json", include={"dataset", "budget_ratio", "candidates", "proxy_val_images",
                                                     "calib_batches", "measure_top_k", "uniform_align", "space",
                                                     "latency", "finetune", "agent_options"})
-    relevant["model"] = spec.model_dump(mode="json", exclude={"seeds"})
+    relevant["model"] = spec.model_dump(mode="json", exclude={"seeds", "settings"})
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
