@@ -126,3 +126,5 @@ def test_headline_rejects_bad_config(tmp_path):
     assert "agents" in proc.stderr and "nope" in proc.stderr
     proc = _run([str(_config(tmp_path, space={"weight_bits": [4]}))], timeout=120)
     assert proc.returncode == 2 and "space" in proc.stderr
+    proc = _run([str(_config(tmp_path)), "--models", "resnet20", "vgg99"], timeout=120)
+    assert proc.returncode == 2 and "vgg99" in proc.stderr and "resnet20" in proc.stderr

@@ -755,11 +755,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", default=None, help="MLflow store; default: the config's, else the default")
     p.add_argument("--docs", action="store_true", help="write the table into docs/benchmarks.md")
     p.add_argument("--report-only", action="store_true", help="print the table from the results file and exit")
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   help="run only these of the config's models (the others' finished cells still report)")
     args = p.parse_args(argv)
     try:
         cfg = HeadlineConfig.from_yaml(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    known = [spec.name for spec in cfg.models]
+    unknown = sorted(set(args.models or []) - set(known))
+    if unknown:
+        print(f"error: --models {' '.join(unknown)}: not in {args.config} (its models: {', '.join(known)})",
+              file=sys.stderr)
         return 2
     from automl.training import default_home
 
@@ -773,7 +781,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"MLflow: {bench.uri}, benchmark run {bench.run_id}")
         try:
             for spec in cfg.models:
-                run_model(cfg, spec, store, bench)
+                if args.models is None or spec.name in args.models:
+                    run_model(cfg, spec, store, bench)
         except KeyboardInterrupt:
             bench.finish(render(cfg, store), status="KILLED")
             log(f"interrupted; run the same command again to continue ({results})")

@@ -14,7 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
+from pathlib import Path
+
+# This folder holds agents.py (a benchmark), which would shadow the agents package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
