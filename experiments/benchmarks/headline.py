@@ -698,6 +698,9 @@ def compute_minutes(cfg: HeadlineConfig, store: ResultStore) -> str:
         sig = signature(cfg, spec)
         cells = [c for k, c in store.data["cells"].items() if k.startswith(f"{spec.name}/") and
                  c.get("signature") == sig]
+        if not cells:
+            parts.append(f"{spec.name} not run")
+            continue
         total = sum(c.get("search_seconds", 0.0) + c.get("finetune_seconds", 0.0) for c in cells)
         parts.append(f"{spec.name} {total / 60:.0f} min")
     return ", ".join(parts)

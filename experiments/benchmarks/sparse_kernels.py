@@ -170,8 +170,8 @@ def bench_e2e(resolutions: list[int], batches: list[int], rounds: int, repeats: 
 
 
 def bench_accuracy(models: list[str], sparsity: float, n: int, epochs: float, rounds: int, repeats: int,
-                   threads: int) -> list[dict]:
-    """Trained zoo models (the quickstart's 3-epoch Fashion-MNIST checkpoints): every eligible conv pruned to
+                   threads: int, base_epochs: int = 3) -> list[dict]:
+    """Trained zoo models (Fashion-MNIST checkpoints, by default the quickstart's 3-epoch ones): every eligible conv pruned to
     `sparsity` in 1xn blocks by the compression engine (`block1xn`, with filter rearrangement), the same
     fine-tune as the headline benchmark, then accuracy and latency on sparse-cpu vs dense onnxruntime."""
     from automl.data import load_dataset
@@ -184,7 +184,7 @@ def bench_accuracy(models: list[str], sparsity: float, n: int, epochs: float, ro
     rows = []
     splits = load_dataset("fashion-mnist", seed=0)
     for name in models:
-        ckpt = train_or_load(name, epochs=3, seed=0, threads=threads)
+        ckpt = train_or_load(name, epochs=base_epochs, seed=0, threads=threads)
         torch.set_num_threads(threads)
         base = ckpt.model.eval()
         space = SearchSpace.from_model(base, name, splits.input_shape)
@@ -208,7 +208,7 @@ def bench_accuracy(models: list[str], sparsity: float, n: int, epochs: float, ro
         med = {k: statistics.median(v) for k, v in ms.items()}
         row = {"model": name, "layers_pruned": len(layers), "sparsity": sparsity, "n": n,
                "dense_test_acc": float(ckpt.meta["test_acc"]), "test_acc_before_ft": ft["test_accuracy_before"],
-               "test_acc": ft["test_accuracy"], "finetune_epochs": epochs, "ms": med,
+               "test_acc": ft["test_accuracy"], "base_epochs": base_epochs, "finetune_epochs": epochs, "ms": med,
                "sparse_vs_ort_fp32": med["onnxruntime fp32"] / med["sparse-cpu"],
                "sparse_vs_ort_int8": med["onnxruntime int8"] / med["sparse-cpu"]}
         rows.append(row)
@@ -232,6 +232,7 @@ def main() -> int:
     p.add_argument("--sparsity", type=float, default=0.75, help="accuracy: block sparsity of every eligible conv")
     p.add_argument("--n", type=int, default=4, help="accuracy: block height")
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="accuracy: the headline's fine-tune")
+    p.add_argument("--base-epochs", type=int, default=3, help="accuracy: epochs of the trained base model")
     p.add_argument("--train-threads", type=int, default=2, help="accuracy: torch threads for fine-tuning")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
@@ -239,7 +240,7 @@ def main() -> int:
         rows = bench_layers(args.res, args.threads, args.reps, args.rounds)
     elif args.part == "accuracy":
         rows = bench_accuracy(args.models, args.sparsity, args.n, args.finetune_epochs, max(1, args.rounds),
-                              args.repeats, args.train_threads)
+                              args.repeats, args.train_threads, args.base_epochs)
     else:
         rows = bench_e2e(args.res, args.batches, max(1, args.rounds), args.repeats, args.models)
     if args.out:
