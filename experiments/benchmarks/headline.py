@@ -207,13 +207,20 @@ def with_bits(policy, space, bits: int | None):
 
 
 class Measurer:
-    """Measured latency of compressed models on the benchmark runtime, cached by (policy, precision)."""
+    """Measured latency of compressed models on the benchmark runtime, cached by (policy, precision).
+
+    Why a reference: on this shared machine one timing process runs 10-20% faster or slower than the next
+    (docs/benchmarks.md, latency section), so a candidate timed in one process and a budget derived from
+    the dense model timed in another disagree by that much. Every `measure` call therefore times the dense
+    fp32 model in the same process, interleaved with the candidates, and reports each candidate as
+    `ratio to that dense x reference_ms` (the dense-latency cell's figure): budgets and picks compare
+    ratios measured side by side. `measure_dense` sets the reference (median over separate processes).
+    """
 
     def __init__(self, cfg: HeadlineConfig, base, calib, shape):
-        from automl.evaluation import ProxyEvaluator  # noqa: F401  (import check)
-
         self.cfg, self.base, self.calib, self.shape = cfg, base, calib, shape
         self.cache: dict[tuple[str, str], float] = {}
+        self.reference_ms: float | None = None
 
     def deploy_model(self, policy):
         from automl.search.runner import deployable
@@ -221,17 +228,42 @@ class Measurer:
 
         return deployable(apply_policy(self.base, policy, self.calib[:1], calib=self.calib).model).eval()
 
-    def measure(self, policies: list, precision: str) -> list[float]:
-        from latency_models import compare
+    def time_models(self, items: list[tuple[Any, str]]) -> list[Any]:
+        """Time (model, precision) pairs interleaved in one timing process, with the protocol of
+        `latency_models.compare` (each model ~1 s in 10 slices, median); fp32 and int8 may be mixed."""
+        from latency_models.estimate import device_name
+        from latency_models.measure import DEFAULT_ROUNDS, DEFAULT_TARGET_MS, run_worker, to_estimate
+        from latency_models.runtimes.base import get_runtime
 
+        lat = self.cfg.latency
+        rt = get_runtime(lat.runtime)
+        example = self.calib[:1].repeat(lat.batch, 1, 1, 1)
+        artifacts = [rt.export(model, example, precision) for model, precision in items]
+        results = run_worker(rt.name, artifacts, [tuple(example.shape)] * len(artifacts), threads=lat.threads,
+                             rounds=DEFAULT_ROUNDS, target_ms=DEFAULT_TARGET_MS)
+        return [to_estimate(r, device=device_name(), runtime=rt.name, batch=lat.batch, threads=lat.threads,
+                            precision=prec) for r, (_, prec) in zip(results, items, strict=True)]
+
+    def measure_dense(self, dense_policy, processes: int = 3) -> float:
+        """The dense fp32 model's latency: the median over `processes` separate timing processes."""
+        model = self.deploy_model(dense_policy)
+        runs = [float(self.time_models([(model, "fp32")])[0].ms) for _ in range(processes)]
+        log(f"  dense fp32 in {processes} timing processes: " + ", ".join(f"{m:.3f}" for m in runs) + " ms")
+        return statistics.median(runs)
+
+    def measure(self, policies: list, precision: str) -> list[float]:
+        if self.reference_ms is None:
+            raise RuntimeError("Measurer.reference_ms is not set (measure the dense model first)")
         keys = [(p.to_json(indent=None), precision) for p in policies]
         todo = [i for i, k in enumerate(keys) if k not in self.cache]
         if todo:
-            lat = self.cfg.latency
-            ests = compare([self.deploy_model(policies[i]) for i in todo], self.shape, runtime=lat.runtime,
-                           batch=lat.batch, threads=lat.threads, precision=precision)
-            for i, est in zip(todo, ests, strict=True):
-                self.cache[keys[i]] = float(est.ms)
+            from automl.policy import CompressionPolicy
+
+            dense = self.deploy_model(CompressionPolicy(policies[todo[0]].model))
+            ests = self.time_models([(dense, "fp32"), *((self.deploy_model(policies[i]), precision) for i in todo)])
+            scale = self.reference_ms / float(ests[0].ms)
+            for i, est in zip(todo, ests[1:], strict=True):
+                self.cache[keys[i]] = float(est.ms) * scale
         return [self.cache[k] for k in keys]
 
 
@@ -446,10 +478,11 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
 
     dense_key = f"{spec.name}/dense-latency"
     if store.get(dense_key, sig) is None:
-        (dense_ms,) = measurer.measure([fp32_space.dense_policy()], "fp32")
+        dense_ms = measurer.measure_dense(fp32_space.dense_policy())
         store.put(dense_key, {"latency_ms": dense_ms, "test_acc": float(ckpt.meta["test_acc"]),
                               "checkpoint": str(ckpt.path)}, sig)
     dense_ms = store.get(dense_key)["latency_ms"]
+    measurer.reference_ms = dense_ms
     dense_acc = store.get(dense_key)["test_acc"]
     target_ms = cfg.budget_ratio * dense_ms
     log(f"{spec.name}: dense {dense_ms:.3f} ms measured (onnxruntime fp32, batch {cfg.latency.batch}, "
@@ -579,25 +612,16 @@ def verify_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, measu
     one timing process: the reported latency and speedup of each row come from the same machine state
     as the dense reference (the in-loop measurements only chose the picks)."""
     from automl.policy import CompressionPolicy
-    from latency_models.estimate import device_name
-    from latency_models.measure import run_worker, to_estimate
-    from latency_models.runtimes.base import get_runtime
 
     sig = signature(cfg, spec)
     keys = sorted(k for k, c in store.data["cells"].items()
                   if k.startswith(f"{spec.name}/") and "policy" in c and c.get("signature") == sig)
     if not keys:
         return
-    lat = cfg.latency
-    rt = get_runtime(lat.runtime)
-    example = measurer.calib[:1].repeat(lat.batch, 1, 1, 1)
     items = [("dense-fp32", CompressionPolicy(spec.name), "fp32")]
     items += [(k, CompressionPolicy.from_dict(store.get(k)["policy"]), store.get(k)["setting"]) for k in keys]
     log(f"{spec.name}: verifying {len(items)} models interleaved in one timing process")
-    artifacts = [rt.export(measurer.deploy_model(policy), example, precision) for _, policy, precision in items]
-    results = run_worker(rt.name, artifacts, [tuple(example.shape)] * len(artifacts), threads=lat.threads)
-    ests = [to_estimate(r, device=device_name(), runtime=rt.name, batch=lat.batch, threads=lat.threads,
-                        precision=prec) for r, (_, _, prec) in zip(results, items, strict=True)]
+    ests = measurer.time_models([(measurer.deploy_model(policy), prec) for _, policy, prec in items])
     dense_ms = ests[0].ms
     for (key, _, _), est in zip(items[1:], ests[1:], strict=True):
         cell = dict(store.get(key))
