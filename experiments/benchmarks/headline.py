@@ -816,7 +816,10 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     for spec in cfg.models:
         ck = store.get(f"{spec.name}/dense-latency")
-        if ck:
+        if ck and not Path(ck["checkpoint"]).is_file():
+            log(f"{spec.name}: base checkpoint {ck['checkpoint']} is gone; the per-layer tables are left out "
+                "(run the benchmark once to retrain it: finished cells are kept)")
+        elif ck:
             from automl.training import load_checkpoint
             from search_spaces import SearchSpace, SpaceConfig
 
