@@ -89,7 +89,8 @@ def format_summary(s: dict) -> str:
             lines.append(f"speedup over dense: {dense['dense_latency_ms'] / best['latency_ms']:.2f}x")
         lines.append("per-layer decisions:")
         for name, d in best["policy"]["layers"].items():
-            extras = ", ".join(f"{k}={v}" for k, v in d.items() if k != "scheme")
+            extras = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in d.items() if k != "scheme")
             lines.append(f"  {name:32s} {d['scheme']:14s} {extras}")
     else:
         lines.append("no candidate succeeded")
