@@ -105,7 +105,7 @@ def to_estimate(result: dict[str, Any], *, device: str, runtime: str, batch: int
 
 
 def compare(models: Sequence[Any], input_shape: Sequence[int], *, runtime: str = "onnxruntime", batch: int = 1,
-            threads: int = 1, precision: str = "fp32", warmup: int = DEFAULT_WARMUP,
+            threads: int = 1, precision: str | Sequence[str] = "fp32", warmup: int = DEFAULT_WARMUP,
             repeats: int = DEFAULT_REPEATS, isolate: bool = True, device: str | None = None,
             timeout_s: float = 60.0, rounds: int = DEFAULT_ROUNDS,
             target_ms: float = DEFAULT_TARGET_MS) -> list[LatencyEstimate]:
@@ -113,13 +113,18 @@ def compare(models: Sequence[Any], input_shape: Sequence[int], *, runtime: str =
 
     Each model gets at least `repeats` calls, more until it was timed for about `target_ms` (0: exactly
     `repeats`), in `rounds` interleaved slices (the module docstring's protocol). A device agent times
-    `repeats` calls per model.
+    `repeats` calls per model. `precision` is one for all models or one per model (e.g. an fp32 reference
+    timed in the same process as int8 candidates).
     """
     rt = get_runtime(runtime)
-    rt.check_precision(precision)
+    precisions = [precision] * len(models) if isinstance(precision, str) else list(precision)
+    if len(precisions) != len(models):
+        raise ValueError(f"compare: {len(precisions)} precisions for {len(models)} models")
+    for prec in set(precisions):
+        rt.check_precision(prec)
     example = _example(input_shape, batch)
     try:
-        artifacts = [rt.export(m, example, precision) for m in models]
+        artifacts = [rt.export(m, example, prec) for m, prec in zip(models, precisions, strict=True)]
     except RuntimeError_:
         raise
     except Exception as exc:
@@ -129,13 +134,13 @@ def compare(models: Sequence[Any], input_shape: Sequence[int], *, runtime: str =
         from latency_models.agent import AgentClient
 
         client = AgentClient(device, timeout_s=timeout_s)
-        return [client.measure(a, shapes[0], runtime=rt.name, batch=batch, threads=threads, precision=precision,
-                               warmup=warmup, repeats=repeats) for a in artifacts]
+        return [client.measure(a, shapes[0], runtime=rt.name, batch=batch, threads=threads, precision=prec,
+                               warmup=warmup, repeats=repeats) for a, prec in zip(artifacts, precisions, strict=True)]
     runner = run_worker if isolate else run_inprocess
     results = runner(rt.name, artifacts, shapes, threads=threads, warmup=warmup, repeats=repeats, rounds=rounds,
                      target_ms=target_ms)
     return [to_estimate(r, device=device_name(), runtime=rt.name, batch=batch, threads=threads,
-                        precision=precision) for r in results]
+                        precision=prec) for r, prec in zip(results, precisions, strict=True)]
 
 
 def measure_latency(model: Any, input_shape: Sequence[int], *, runtime: str = "onnxruntime", batch: int = 1,

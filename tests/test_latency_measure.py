@@ -60,6 +60,14 @@ def test_compare_interleaves_and_keeps_order():
     assert b.ms > a.ms  # 64x64 3x3 convs on 16x16 vs one 1->8 conv: orders of magnitude apart
 
 
+def test_compare_mixes_precisions_in_one_process():
+    """An fp32 reference timed beside an int8 candidate (the headline benchmark's ratio measurement)."""
+    ref, q = compare([tiny(), tiny()], (1, 8, 8), precision=["fp32", "int8"], warmup=2, repeats=10, target_ms=0)
+    assert (ref.precision, q.precision) == ("fp32", "int8") and ref.ms > 0 and q.ms > 0
+    with pytest.raises(ValueError, match="2 precisions for 1 models"):
+        compare([tiny()], (1, 8, 8), precision=["fp32", "int8"])
+
+
 def test_runtime_registry_errors_are_clear():
     with pytest.raises(RuntimeError_, match="unknown runtime 'tflite'.*registered"):
         get_runtime("tflite")

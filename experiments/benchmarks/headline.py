@@ -193,6 +193,11 @@ class ResultStore:
 
 
 # ------------------------------------------------------------------------------ pieces
+def model_settings(cfg: HeadlineConfig, spec: ModelSpec) -> list[str]:
+    """The settings (fp32 / int8) this model runs: its own override, else the benchmark's."""
+    return spec.settings or cfg.settings
+
+
 def space_options(cfg: HeadlineConfig, setting: str) -> dict[str, Any]:
     bits = [None] if setting == "fp32" else [8]
     return {**cfg.space, "weight_bits": bits, "act_bits": bits}
@@ -217,10 +222,11 @@ class Measurer:
     ratios measured side by side. `measure_dense` sets the reference (median over separate processes).
     """
 
-    def __init__(self, cfg: HeadlineConfig, base, calib, shape):
-        self.cfg, self.base, self.calib, self.shape = cfg, base, calib, shape
+    def __init__(self, cfg: HeadlineConfig, model_name: str, base, calib, shape):
+        self.cfg, self.model_name, self.base, self.calib, self.shape = cfg, model_name, base, calib, shape
         self.cache: dict[tuple[str, str], float] = {}
         self.reference_ms: float | None = None
+        self._dense = None
 
     def deploy_model(self, policy):
         from automl.search.runner import deployable
@@ -229,25 +235,24 @@ class Measurer:
         return deployable(apply_policy(self.base, policy, self.calib[:1], calib=self.calib).model).eval()
 
     def time_models(self, items: list[tuple[Any, str]]) -> list[Any]:
-        """Time (model, precision) pairs interleaved in one timing process, with the protocol of
-        `latency_models.compare` (each model ~1 s in 10 slices, median); fp32 and int8 may be mixed."""
-        from latency_models.estimate import device_name
-        from latency_models.measure import DEFAULT_ROUNDS, DEFAULT_TARGET_MS, run_worker, to_estimate
-        from latency_models.runtimes.base import get_runtime
+        """Time (model, precision) pairs interleaved in one timing process (`latency_models.compare`)."""
+        from latency_models import compare
 
         lat = self.cfg.latency
-        rt = get_runtime(lat.runtime)
-        example = self.calib[:1].repeat(lat.batch, 1, 1, 1)
-        artifacts = [rt.export(model, example, precision) for model, precision in items]
-        results = run_worker(rt.name, artifacts, [tuple(example.shape)] * len(artifacts), threads=lat.threads,
-                             rounds=DEFAULT_ROUNDS, target_ms=DEFAULT_TARGET_MS)
-        return [to_estimate(r, device=device_name(), runtime=rt.name, batch=lat.batch, threads=lat.threads,
-                            precision=prec) for r, (_, prec) in zip(results, items, strict=True)]
+        return compare([m for m, _ in items], self.shape, runtime=lat.runtime, batch=lat.batch,
+                       threads=lat.threads, precision=[prec for _, prec in items])
 
-    def measure_dense(self, dense_policy, processes: int = 3) -> float:
+    def dense_model(self):
+        """The deployable dense model (built once: every measurement times it as the reference)."""
+        if self._dense is None:
+            from automl.policy import CompressionPolicy
+
+            self._dense = self.deploy_model(CompressionPolicy(self.model_name))
+        return self._dense
+
+    def measure_dense(self, processes: int = 3) -> float:
         """The dense fp32 model's latency: the median over `processes` separate timing processes."""
-        model = self.deploy_model(dense_policy)
-        runs = [float(self.time_models([(model, "fp32")])[0].ms) for _ in range(processes)]
+        runs = [float(self.time_models([(self.dense_model(), "fp32")])[0].ms) for _ in range(processes)]
         log(f"  dense fp32 in {processes} timing processes: " + ", ".join(f"{m:.3f}" for m in runs) + " ms")
         return statistics.median(runs)
 
@@ -257,10 +262,8 @@ class Measurer:
         keys = [(p.to_json(indent=None), precision) for p in policies]
         todo = [i for i, k in enumerate(keys) if k not in self.cache]
         if todo:
-            from automl.policy import CompressionPolicy
-
-            dense = self.deploy_model(CompressionPolicy(policies[todo[0]].model))
-            ests = self.time_models([(dense, "fp32"), *((self.deploy_model(policies[i]), precision) for i in todo)])
+            ests = self.time_models([(self.dense_model(), "fp32"),
+                                     *((self.deploy_model(policies[i]), precision) for i in todo)])
             scale = self.reference_ms / float(ests[0].ms)
             for i, est in zip(todo, ests[1:], strict=True):
                 self.cache[keys[i]] = float(est.ms) * scale
@@ -473,12 +476,11 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
     splits = load_dataset(ds.name, ds.data_dir, seed=0, limit=ds.limit, test_limit=ds.test_limit)
     shape = splits.input_shape
     calib = splits.x_train[:128 * max(1, cfg.finetune.calib_batches)]
-    measurer = Measurer(cfg, base, calib, shape)
-    fp32_space = SearchSpace.from_model(base, spec.name, shape, SpaceConfig.from_dict(space_options(cfg, "fp32")))
+    measurer = Measurer(cfg, spec.name, base, calib, shape)
 
     dense_key = f"{spec.name}/dense-latency"
     if store.get(dense_key, sig) is None:
-        dense_ms = measurer.measure_dense(fp32_space.dense_policy())
+        dense_ms = measurer.measure_dense()
         store.put(dense_key, {"latency_ms": dense_ms, "test_acc": float(ckpt.meta["test_acc"]),
                               "checkpoint": str(ckpt.path)}, sig)
     dense_ms = store.get(dense_key)["latency_ms"]
@@ -488,7 +490,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
     log(f"{spec.name}: dense {dense_ms:.3f} ms measured (onnxruntime fp32, batch {cfg.latency.batch}, "
         f"{cfg.latency.threads} thread), test acc {100 * dense_acc:.2f}%; budget {target_ms:.3f} ms")
 
-    for setting in spec.settings or cfg.settings:
+    for setting in model_settings(cfg, spec):
         bits = None if setting == "fp32" else 8
         space_cfg = SpaceConfig.from_dict(space_options(cfg, setting))
         space = SearchSpace.from_model(base, spec.name, shape, space_cfg)
@@ -496,10 +498,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         # give later agents a different yardstick: the dense measurement it comes from is noisy)
         budget_key = f"{spec.name}/budget/{setting}"
         if store.get(budget_key, sig) is None:
-            earlier = [c["budget_predicted_ms"] for k, c in store.data["cells"].items()
-                       if k.startswith(f"{spec.name}/{setting}/") and c.get("signature") == sig
-                       and c.get("budget_predicted_ms")]
-            value = earlier[0] if earlier else predicted_budget(cfg, space, measurer, setting, bits, target_ms)
+            value = predicted_budget(cfg, space, measurer, setting, bits, target_ms)
             store.put(budget_key, {"budget_predicted_ms": value, "budget_ms": target_ms}, sig)
         budget_pred_ms = store.get(budget_key, sig)["budget_predicted_ms"]
 
@@ -603,7 +602,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                 bench.log_result(key, cell, policy)
                 log(f"  {key}: test acc {100 * cell['test_acc']:.2f}% at {ms:.3f} ms ({cell['speedup']:.2f}x)")
     if any("verified_ms" not in c for k, c in store.data["cells"].items()
-           if any(k.startswith(f"{spec.name}/{setting}/") for setting in spec.settings or cfg.settings)):
+           if any(k.startswith(f"{spec.name}/{setting}/") for setting in model_settings(cfg, spec))):
         verify_model(cfg, spec, store, measurer)
 
 
@@ -618,12 +617,12 @@ def verify_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, measu
                   if k.startswith(f"{spec.name}/") and "policy" in c and c.get("signature") == sig)
     if not keys:
         return
-    items = [("dense-fp32", CompressionPolicy(spec.name), "fp32")]
-    items += [(k, CompressionPolicy.from_dict(store.get(k)["policy"]), store.get(k)["setting"]) for k in keys]
-    log(f"{spec.name}: verifying {len(items)} models interleaved in one timing process")
-    ests = measurer.time_models([(measurer.deploy_model(policy), prec) for _, policy, prec in items])
+    log(f"{spec.name}: verifying {len(keys) + 1} models interleaved in one timing process")
+    ests = measurer.time_models([(measurer.dense_model(), "fp32")] + [
+        (measurer.deploy_model(CompressionPolicy.from_dict(store.get(k)["policy"])), store.get(k)["setting"])
+        for k in keys])
     dense_ms = ests[0].ms
-    for (key, _, _), est in zip(items[1:], ests[1:], strict=True):
+    for key, est in zip(keys, ests[1:], strict=True):
         cell = dict(store.get(key))
         cell.update(verified_ms=est.ms, verified_iqr_ms=(est.p75_ms or est.ms) - (est.p25_ms or est.ms),
                     verified_dense_ms=dense_ms, verified_speedup=dense_ms / est.ms)
@@ -652,7 +651,7 @@ def render(cfg: HeadlineConfig, store: ResultStore) -> str:
         dense = cells.get(f"{spec.name}/dense-latency")
         if dense is None:
             continue
-        for setting in spec.settings or cfg.settings:
+        for setting in model_settings(cfg, spec):
             rows = [c for k, c in cells.items() if k.startswith(f"{spec.name}/{setting}/")]
             if not rows:
                 continue
@@ -701,7 +700,7 @@ def render_layers(cfg: HeadlineConfig, store: ResultStore, base_spaces: dict[str
         space = base_spaces.get(spec.name)
         if space is None:
             continue
-        for setting in spec.settings or cfg.settings:
+        for setting in model_settings(cfg, spec):
             searched = [c for k, c in cells.items() if k.startswith(f"{spec.name}/{setting}/")
                         and c["method"] in cfg.agents and c["within_budget"]]
             if not searched:

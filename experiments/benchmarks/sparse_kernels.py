@@ -171,8 +171,8 @@ def bench_e2e(resolutions: list[int], batches: list[int], rounds: int, repeats: 
 
 def bench_accuracy(models: list[str], sparsity: float, n: int, epochs: float, rounds: int, repeats: int,
                    threads: int, base_epochs: int = 3) -> list[dict]:
-    """Trained zoo models (Fashion-MNIST checkpoints, by default the quickstart's 3-epoch ones): every eligible conv pruned to
-    `sparsity` in 1xn blocks by the compression engine (`block1xn`, with filter rearrangement), the same
+    """Trained zoo models (Fashion-MNIST checkpoints, by default the quickstart's 3-epoch ones): every
+    eligible conv pruned to `sparsity` in 1xn blocks by the compression engine (`block1xn`, with filter rearrangement), the same
     fine-tune as the headline benchmark, then accuracy and latency on sparse-cpu vs dense onnxruntime."""
     from automl.data import load_dataset
     from automl.evaluation import finetune_and_test
