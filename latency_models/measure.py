@@ -40,7 +40,8 @@ class MeasurementError(RuntimeError):
     """A model could not be timed; the message says where (export, the timing process, the agent)."""
 
 
-def _example(input_shape: Sequence[int], batch: int):
+def example_input(input_shape: Sequence[int], batch: int):
+    """A random input of `batch` x `input_shape`, as every measurement feeds the model."""
     import torch
 
     return torch.randn(batch, *input_shape)
@@ -114,7 +115,9 @@ def compare(models: Sequence[Any], input_shape: Sequence[int], *, runtime: str =
     Each model gets at least `repeats` calls, more until it was timed for about `target_ms` (0: exactly
     `repeats`), in `rounds` interleaved slices (the module docstring's protocol). A device agent times
     `repeats` calls per model. `precision` is one for all models or one per model (e.g. an fp32 reference
-    timed in the same process as int8 candidates).
+    timed in the same process as int8 candidates). A model given as `bytes` is an artifact this runtime
+    exported before (`get_runtime(runtime).export(...)`, same precision): a reference timed in many calls
+    is exported once (onnxruntime's deployment export takes seconds).
     """
     rt = get_runtime(runtime)
     precisions = [precision] * len(models) if isinstance(precision, str) else list(precision)
@@ -122,9 +125,10 @@ def compare(models: Sequence[Any], input_shape: Sequence[int], *, runtime: str =
         raise ValueError(f"compare: {len(precisions)} precisions for {len(models)} models")
     for prec in set(precisions):
         rt.check_precision(prec)
-    example = _example(input_shape, batch)
+    example = example_input(input_shape, batch)
     try:
-        artifacts = [rt.export(m, example, prec) for m, prec in zip(models, precisions, strict=True)]
+        artifacts = [m if isinstance(m, bytes) else rt.export(m, example, prec)
+                     for m, prec in zip(models, precisions, strict=True)]
     except RuntimeError_:
         raise
     except Exception as exc:

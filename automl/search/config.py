@@ -73,6 +73,10 @@ class LatencyConfig(_Strict):
 class EvaluationConfig(_Strict):
     proxy_val_images: int = Field(1000, ge=10, description="validation images for the in-loop proxy accuracy")
     calib_batches: int = Field(4, ge=0, description="training batches for BN recalibration")
+    proxy_finetune_steps: int = Field(0, ge=0, le=10_000, description=(
+        "SGD steps (batch 128, masks kept) on fixed training images before the proxy accuracy; 0: BN "
+        "recalibration only. Use 20-50 when the budget removes most MACs and every candidate scores near chance"))
+    proxy_finetune_lr: float = Field(0.01, gt=0)
     finetune_top_k: int = Field(2, ge=0, description="fine-tune this many best candidates after the search")
     finetune_epochs: float = Field(1.0, ge=0)
 

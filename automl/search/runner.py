@@ -223,9 +223,12 @@ class SearchRunner:
             model_kwargs={"in_channels": meta["in_channels"], "num_classes": meta["num_classes"],
                           "image_size": meta["image_size"]},
             base_state={k: v.clone() for k, v in base.state_dict().items()},
-            splits=proxy_subset(splits, cfg.evaluation.proxy_val_images, cfg.evaluation.calib_batches),
+            splits=proxy_subset(splits, cfg.evaluation.proxy_val_images, cfg.evaluation.calib_batches,
+                                finetune_steps=cfg.evaluation.proxy_finetune_steps),
             space=space, profile=profile,
             dense_macs=int(dense["dense_macs"]), calib_batches=cfg.evaluation.calib_batches,
+            proxy_finetune_steps=cfg.evaluation.proxy_finetune_steps,
+            proxy_finetune_lr=cfg.evaluation.proxy_finetune_lr,
             threads=max(1, int(cfg.ray.cpus_per_trial)), fault=fault_settings_from_env())
         progress = SearchProgress(cfg.candidates, already=len(done), printer=self.print,
                                   best=_best_of(done))

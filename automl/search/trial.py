@@ -34,6 +34,8 @@ class TrialContext:
     profile: Any | None  # latency_models.DeviceProfile
     dense_macs: int
     calib_batches: int = 4
+    proxy_finetune_steps: int = 0
+    proxy_finetune_lr: float = 0.01
     threads: int = 1
     fault: dict[str, str] = field(default_factory=dict)  # test-only fault injection, read from env in the driver
 
@@ -65,7 +67,7 @@ def _maybe_inject_fault(ctx: TrialContext, proposal: int) -> None:
 
 
 def evaluate_policy(ctx: TrialContext, policy: CompressionPolicy) -> dict[str, Any]:
-    """Proxy accuracy (BN recalibrated, no fine-tuning) + analytic costs + predicted latency."""
+    """Proxy accuracy (BN recalibrated, optionally a few SGD steps) + analytic costs + predicted latency."""
     from automl.evaluation import ProxyEvaluator
     from search_spaces import cost_report
 
@@ -73,7 +75,8 @@ def evaluate_policy(ctx: TrialContext, policy: CompressionPolicy) -> dict[str, A
     t0 = time.perf_counter()
     ctx.space.validate(policy)
     evaluator = ProxyEvaluator(ctx.build_base(), ctx.splits, val_images=len(ctx.splits.x_val),
-                               calib_batches=ctx.calib_batches)
+                               calib_batches=ctx.calib_batches, finetune_steps=ctx.proxy_finetune_steps,
+                               finetune_lr=ctx.proxy_finetune_lr)
     accuracy = evaluator(policy)["accuracy"]
     if not math.isfinite(accuracy):
         raise FloatingPointError(f"proxy accuracy is {accuracy}")
@@ -105,11 +108,13 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     tune.report(result)
 
 
-def proxy_subset(splits: Any, val_images: int, calib_batches: int, batch_size: int = 128) -> Any:
-    """The few images a trial needs (calibration + proxy validation), so Ray ships megabytes, not the dataset."""
+def proxy_subset(splits: Any, val_images: int, calib_batches: int, batch_size: int = 128,
+                 finetune_steps: int = 0) -> Any:
+    """The few images a trial needs (calibration, proxy fine-tune steps, proxy validation), so Ray ships
+    megabytes, not the dataset."""
     from dataclasses import replace
 
-    n_calib = min(len(splits.x_train), batch_size * max(1, calib_batches))
+    n_calib = min(len(splits.x_train), batch_size * max(1, calib_batches, finetune_steps))
     empty = splits.x_test[:0]
     return replace(splits, x_train=splits.x_train[:n_calib].clone(), y_train=splits.y_train[:n_calib].clone(),
                    x_val=splits.x_val[:val_images].clone(), y_val=splits.y_val[:val_images].clone(),

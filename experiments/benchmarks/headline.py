@@ -90,6 +90,27 @@ class FinetuneSpec(_Strict):
     calib_batches: int = Field(4, ge=0)
 
 
+class SettingSpec(_Strict):
+    """What one setting (fp32 / int8) changes in the search recipe.
+
+    Why: the best space depends on the runtime's kernels. On onnxruntime fp32 only channel pruning
+    aligned to the kernels' multiples buys speed (no sparse kernel), and a budget that removes ~75% of
+    the MACs leaves a no-fine-tune proxy at chance, so that setting wants a smaller space and a proxy
+    with a few SGD steps; int8 reaches the budget with light pruning and keeps the full space.
+    """
+
+    space: dict[str, Any] = Field(default_factory=dict, description="SpaceConfig options over the top-level space")
+    proxy_finetune_steps: int = Field(0, ge=0, description="SGD steps before each proxy accuracy (search "
+                                                           "evaluation.proxy_finetune_steps)")
+
+    @field_validator("space")
+    @classmethod
+    def _no_bits(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "weight_bits" in v or "act_bits" in v:
+            raise ValueError("bit-widths follow the setting (fp32: float, int8: 8-bit); drop weight_bits/act_bits")
+        return v
+
+
 class HeadlineConfig(_Strict):
     name: str = Field("headline", pattern=r"^[A-Za-z0-9_.-]+$")
     models: list[ModelSpec] = Field(min_length=1)
@@ -107,6 +128,8 @@ class HeadlineConfig(_Strict):
     uniform_align: int = Field(8, ge=1)
     uniform_bisect_steps: int = Field(7, ge=1, description="measured bisection steps of the uniform baseline")
     space: dict[str, Any] = Field(default_factory=dict, description="search_spaces.SpaceConfig options")
+    per_setting: dict[Literal["fp32", "int8"], SettingSpec] = Field(
+        default_factory=dict, description="per-setting changes to the space and the proxy")
     latency: LatencySpec = Field(default_factory=LatencySpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     threads: int = Field(2, ge=1, description="torch threads of the driver (fine-tuning)")
@@ -163,6 +186,34 @@ def signature(cfg: HeadlineConfig, spec: ModelSpec) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def setting_signature(cfg: HeadlineConfig, spec: ModelSpec, setting: str) -> str:
+    """The signature of one setting's cells: the model's, extended by that setting's `per_setting` entry
+    (a setting without one keeps the model's signature, so adding an override recomputes only its cells)."""
+    import hashlib
+
+    base = signature(cfg, spec)
+    override = cfg.per_setting.get(setting)
+    if override is None:
+        return base
+    extra = json.dumps(override.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(f"{base}/{setting}/{extra}".encode()).hexdigest()[:16]
+
+
+def current_cells(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore) -> dict[str, dict[str, Any]]:
+    """This model's cells computed under the current recipe: "<model>/<setting>/..." and
+    "<model>/budget/<setting>" cells against their setting's signature, the others against the model's."""
+    out = {}
+    for key, cell in store.data["cells"].items():
+        parts = key.split("/")
+        if parts[0] != spec.name:
+            continue
+        setting = parts[1] if parts[1] in ("fp32", "int8") else parts[2] if parts[1] == "budget" else None
+        want = setting_signature(cfg, spec, setting) if setting else signature(cfg, spec)
+        if cell.get("signature") == want:
+            out[key] = cell
+    return out
+
+
 class ResultStore:
     """Finished cells by key, written to disk after each one (an interrupted benchmark resumes)."""
 
@@ -200,7 +251,13 @@ def model_settings(cfg: HeadlineConfig, spec: ModelSpec) -> list[str]:
 
 def space_options(cfg: HeadlineConfig, setting: str) -> dict[str, Any]:
     bits = [None] if setting == "fp32" else [8]
-    return {**cfg.space, "weight_bits": bits, "act_bits": bits}
+    override = cfg.per_setting.get(setting)
+    return {**cfg.space, **(override.space if override else {}), "weight_bits": bits, "act_bits": bits}
+
+
+def proxy_finetune_steps(cfg: HeadlineConfig, setting: str) -> int:
+    override = cfg.per_setting.get(setting)
+    return override.proxy_finetune_steps if override else 0
 
 
 def with_bits(policy, space, bits: int | None):
@@ -242,12 +299,16 @@ class Measurer:
         return compare([m for m, _ in items], self.shape, runtime=lat.runtime, batch=lat.batch,
                        threads=lat.threads, precision=[prec for _, prec in items])
 
-    def dense_model(self):
-        """The deployable dense model (built once: every measurement times it as the reference)."""
+    def dense_model(self) -> bytes:
+        """The dense model's fp32 artifact, exported once: every measurement times it as the reference."""
         if self._dense is None:
             from automl.policy import CompressionPolicy
+            from latency_models import get_runtime
+            from latency_models.measure import example_input
 
-            self._dense = self.deploy_model(CompressionPolicy(self.model_name))
+            model = self.deploy_model(CompressionPolicy(self.model_name))
+            self._dense = get_runtime(self.cfg.latency.runtime).export(
+                model, example_input(self.shape, self.cfg.latency.batch), "fp32")
         return self._dense
 
     def measure_dense(self, processes: int = 3) -> float:
@@ -491,6 +552,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         f"{cfg.latency.threads} thread), test acc {100 * dense_acc:.2f}%; budget {target_ms:.3f} ms")
 
     for setting in model_settings(cfg, spec):
+        sig = setting_signature(cfg, spec, setting)
         bits = None if setting == "fp32" else 8
         space_cfg = SpaceConfig.from_dict(space_options(cfg, setting))
         space = SearchSpace.from_model(base, spec.name, shape, space_cfg)
@@ -545,6 +607,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                                 "threads": cfg.latency.threads, "precision": setting,
                                 "profile_minutes": cfg.latency.profile_minutes, "measure_top_k": 0},
                     "evaluation": {"proxy_val_images": cfg.proxy_val_images, "calib_batches": cfg.calib_batches,
+                                   "proxy_finetune_steps": proxy_finetune_steps(cfg, setting),
                                    "finetune_top_k": 0},
                     "candidates": n_candidates, "seed": 0,
                     "ray": cfg.ray.model_dump(), "tracking": cfg.tracking.model_dump(),
@@ -601,8 +664,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                 store.put(key, cell, sig)
                 bench.log_result(key, cell, policy)
                 log(f"  {key}: test acc {100 * cell['test_acc']:.2f}% at {ms:.3f} ms ({cell['speedup']:.2f}x)")
-    if any("verified_ms" not in c for k, c in store.data["cells"].items()
-           if any(k.startswith(f"{spec.name}/{setting}/") for setting in model_settings(cfg, spec))):
+    if any("verified_ms" not in c for c in current_cells(cfg, spec, store).values() if "policy" in c):
         verify_model(cfg, spec, store, measurer)
 
 
@@ -612,9 +674,7 @@ def verify_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, measu
     as the dense reference (the in-loop measurements only chose the picks)."""
     from automl.policy import CompressionPolicy
 
-    sig = signature(cfg, spec)
-    keys = sorted(k for k, c in store.data["cells"].items()
-                  if k.startswith(f"{spec.name}/") and "policy" in c and c.get("signature") == sig)
+    keys = sorted(k for k, c in current_cells(cfg, spec, store).items() if "policy" in c)
     if not keys:
         return
     log(f"{spec.name}: verifying {len(keys) + 1} models interleaved in one timing process")
@@ -626,7 +686,7 @@ def verify_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, measu
         cell = dict(store.get(key))
         cell.update(verified_ms=est.ms, verified_iqr_ms=(est.p75_ms or est.ms) - (est.p25_ms or est.ms),
                     verified_dense_ms=dense_ms, verified_speedup=dense_ms / est.ms)
-        store.put(key, cell, sig)
+        store.put(key, cell, cell.get("signature"))
     store.data["meta"].setdefault("verified", {})[spec.name] = {"dense_ms": dense_ms, "device": ests[0].device}
     store.save()
 
@@ -646,8 +706,7 @@ def _mean_std(values: list[float]) -> str:
 def render(cfg: HeadlineConfig, store: ResultStore) -> str:
     lines = []
     for spec in cfg.models:
-        sig = signature(cfg, spec)
-        cells = {k: c for k, c in store.data["cells"].items() if c.get("signature") == sig}
+        cells = current_cells(cfg, spec, store)
         dense = cells.get(f"{spec.name}/dense-latency")
         if dense is None:
             continue
@@ -695,8 +754,7 @@ def render_layers(cfg: HeadlineConfig, store: ResultStore, base_spaces: dict[str
 
     out = []
     for spec in cfg.models:
-        sig = signature(cfg, spec)
-        cells = {k: c for k, c in store.data["cells"].items() if c.get("signature") == sig}
+        cells = current_cells(cfg, spec, store)
         space = base_spaces.get(spec.name)
         if space is None:
             continue
@@ -718,9 +776,7 @@ def render_layers(cfg: HeadlineConfig, store: ResultStore, base_spaces: dict[str
 def compute_minutes(cfg: HeadlineConfig, store: ResultStore) -> str:
     parts = []
     for spec in cfg.models:
-        sig = signature(cfg, spec)
-        cells = [c for k, c in store.data["cells"].items() if k.startswith(f"{spec.name}/") and
-                 c.get("signature") == sig]
+        cells = list(current_cells(cfg, spec, store).values())
         if not cells:
             parts.append(f"{spec.name} not run")
             continue
