@@ -113,6 +113,7 @@ def test_headline_smoke_end_to_end(tmp_path):
     bench_id = bench[0].info.run_id
     searches = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")
     assert len(searches) == 1 and all(r.data.tags["mlflow.parentRunId"] == bench_id for r in searches)
+    assert searches[0].data.params["evaluation.proxy_finetune_steps"] == "2"  # the fp32 override reached it
     res = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'benchmark_result'")
     assert len(res) == 4 and all(r.data.tags["mlflow.parentRunId"] == bench_id for r in res)
     # each search holds its fine-tuned, measured pick, so `automl best` can answer from it
@@ -136,3 +137,40 @@ def test_headline_rejects_bad_config(tmp_path):
     assert proc.returncode == 2 and "space" in proc.stderr
     proc = _run([str(_config(tmp_path)), "--models", "resnet20", "vgg99"], timeout=120)
     assert proc.returncode == 2 and "vgg99" in proc.stderr and "resnet20" in proc.stderr
+
+
+def _headline_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("headline_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["headline_bench"] = module  # pydantic resolves the config's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_per_setting_override_recomputes_only_its_setting(tmp_path):
+    """Adding a `per_setting` entry for fp32 leaves int8 cells (and the model-level ones) current."""
+    h = _headline_module()
+    plain = h.HeadlineConfig.from_yaml(_config(tmp_path, per_setting={}))
+    spec = plain.models[0]
+    sig = h.signature(plain, spec)
+    assert h.setting_signature(plain, spec, "fp32") == h.setting_signature(plain, spec, "int8") == sig
+    store = h.ResultStore(tmp_path / "r.json", plain.model_dump_json())
+    for key in ("resnet20/dense-latency", "resnet20/budget/fp32", "resnet20/budget/int8",
+                "resnet20/fp32/random/s0", "resnet20/int8/random/s0"):
+        store.put(key, {"method": "random"}, sig)
+    assert len(h.current_cells(plain, spec, store)) == 5
+
+    override = h.HeadlineConfig.from_yaml(_config(tmp_path))  # the default smoke config has an fp32 override
+    assert h.signature(override, spec) == sig  # the model-level recipe is unchanged
+    assert h.setting_signature(override, spec, "fp32") != sig
+    assert h.setting_signature(override, spec, "int8") == sig
+    assert sorted(h.current_cells(override, spec, store)) == [
+        "resnet20/budget/int8", "resnet20/dense-latency", "resnet20/int8/random/s0"]
+    assert h.space_options(override, "fp32")["aligns"] == [8]
+    assert h.space_options(override, "int8")["weight_bits"] == [8] and "aligns" not in h.space_options(override, "int8")
+    assert h.proxy_finetune_steps(override, "fp32") == 2 and h.proxy_finetune_steps(override, "int8") == 0
+    bad = _config(tmp_path, per_setting={"fp32": {"space": {"weight_bits": [4]}}})
+    with pytest.raises(h.ConfigError, match="weight_bits"):
+        h.HeadlineConfig.from_yaml(bad)

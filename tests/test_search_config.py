@@ -36,6 +36,7 @@ def test_every_experiment_yaml_validates():
         ({"objectives": ["latency_ms"]}, "objectives"),
         ({"model": {"nmae": "resnet20"}}, "model.nmae"),
         ({"name": "has space"}, "name"),
+        ({"evaluation": {"proxy_finetune_steps": -1}}, "evaluation.proxy_finetune_steps"),
     ],
 )
 def test_bad_values_name_the_field(data, field):
