@@ -170,7 +170,8 @@ def test_per_setting_override_recomputes_only_its_setting(tmp_path):
         "resnet20/budget/int8", "resnet20/dense-latency", "resnet20/int8/random/s0"]
     assert h.space_options(override, "fp32")["aligns"] == [8]
     assert h.space_options(override, "int8")["weight_bits"] == [8] and "aligns" not in h.space_options(override, "int8")
-    assert h.proxy_finetune_steps(override, "fp32") == 2 and h.proxy_finetune_steps(override, "int8") == 0
+    assert h.setting_spec(override, "fp32").proxy_finetune_steps == 2
+    assert h.setting_spec(override, "int8").proxy_finetune_steps == 0
     bad = _config(tmp_path, per_setting={"fp32": {"space": {"weight_bits": [4]}}})
     with pytest.raises(h.ConfigError, match="weight_bits"):
         h.HeadlineConfig.from_yaml(bad)

@@ -90,6 +90,13 @@ class FinetuneSpec(_Strict):
     calib_batches: int = Field(4, ge=0)
 
 
+def _reject_bits(space: dict[str, Any]) -> dict[str, Any]:
+    """Space options may not set bit-widths: they follow the setting."""
+    if "weight_bits" in space or "act_bits" in space:
+        raise ValueError("bit-widths follow the setting (fp32: float, int8: 8-bit); drop weight_bits/act_bits")
+    return space
+
+
 class SettingSpec(_Strict):
     """What one setting (fp32 / int8) changes in the search recipe.
 
@@ -106,9 +113,7 @@ class SettingSpec(_Strict):
     @field_validator("space")
     @classmethod
     def _no_bits(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if "weight_bits" in v or "act_bits" in v:
-            raise ValueError("bit-widths follow the setting (fp32: float, int8: 8-bit); drop weight_bits/act_bits")
-        return v
+        return _reject_bits(v)
 
 
 class HeadlineConfig(_Strict):
@@ -149,9 +154,7 @@ class HeadlineConfig(_Strict):
     @field_validator("space")
     @classmethod
     def _no_bits(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if "weight_bits" in v or "act_bits" in v:
-            raise ValueError("bit-widths follow the setting (fp32: float, int8: 8-bit); drop weight_bits/act_bits")
-        return v
+        return _reject_bits(v)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> HeadlineConfig:
@@ -202,14 +205,14 @@ def setting_signature(cfg: HeadlineConfig, spec: ModelSpec, setting: str) -> str
 def current_cells(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore) -> dict[str, dict[str, Any]]:
     """This model's cells computed under the current recipe: "<model>/<setting>/..." and
     "<model>/budget/<setting>" cells against their setting's signature, the others against the model's."""
+    want = {None: signature(cfg, spec), **{s: setting_signature(cfg, spec, s) for s in ("fp32", "int8")}}
     out = {}
     for key, cell in store.data["cells"].items():
         parts = key.split("/")
         if parts[0] != spec.name:
             continue
         setting = parts[1] if parts[1] in ("fp32", "int8") else parts[2] if parts[1] == "budget" else None
-        want = setting_signature(cfg, spec, setting) if setting else signature(cfg, spec)
-        if cell.get("signature") == want:
+        if cell.get("signature") == want[setting]:
             out[key] = cell
     return out
 
@@ -251,13 +254,12 @@ def model_settings(cfg: HeadlineConfig, spec: ModelSpec) -> list[str]:
 
 def space_options(cfg: HeadlineConfig, setting: str) -> dict[str, Any]:
     bits = [None] if setting == "fp32" else [8]
-    override = cfg.per_setting.get(setting)
-    return {**cfg.space, **(override.space if override else {}), "weight_bits": bits, "act_bits": bits}
+    return {**cfg.space, **setting_spec(cfg, setting).space, "weight_bits": bits, "act_bits": bits}
 
 
-def proxy_finetune_steps(cfg: HeadlineConfig, setting: str) -> int:
-    override = cfg.per_setting.get(setting)
-    return override.proxy_finetune_steps if override else 0
+def setting_spec(cfg: HeadlineConfig, setting: str) -> SettingSpec:
+    """The setting's `per_setting` entry, or the empty one (no changes) when it has none."""
+    return cfg.per_setting.get(setting) or SettingSpec()
 
 
 def with_bits(policy, space, bits: int | None):
@@ -607,7 +609,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                                 "threads": cfg.latency.threads, "precision": setting,
                                 "profile_minutes": cfg.latency.profile_minutes, "measure_top_k": 0},
                     "evaluation": {"proxy_val_images": cfg.proxy_val_images, "calib_batches": cfg.calib_batches,
-                                   "proxy_finetune_steps": proxy_finetune_steps(cfg, setting),
+                                   "proxy_finetune_steps": setting_spec(cfg, setting).proxy_finetune_steps,
                                    "finetune_top_k": 0},
                     "candidates": n_candidates, "seed": 0,
                     "ray": cfg.ray.model_dump(), "tracking": cfg.tracking.model_dump(),
@@ -785,6 +787,21 @@ def compute_minutes(cfg: HeadlineConfig, store: ResultStore) -> str:
     return ", ".join(parts)
 
 
+def proxy_steps_text(cfg: HeadlineConfig) -> str:
+    """", then N SGD steps (fp32)" for the settings whose proxy trains briefly; "" when none does."""
+    steps = {s: spec.proxy_finetune_steps for s, spec in cfg.per_setting.items() if spec.proxy_finetune_steps}
+    return "".join(f", then {n} SGD steps ({s})" for s, n in steps.items())
+
+
+def per_setting_text(cfg: HeadlineConfig) -> str:
+    """A sentence naming the space each setting changes (config `per_setting`); "" when none does."""
+    spaces = {s: spec.space for s, spec in cfg.per_setting.items() if spec.space}
+    if not spaces:
+        return ""
+    return " Per-setting search space (config `per_setting`, over the standard space): " + "; ".join(
+        f"{s}: {json.dumps(space, separators=(',', ':'))}" for s, space in spaces.items()) + "."
+
+
 def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, store: ResultStore) -> None:
     import torch
 
@@ -805,7 +822,8 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
         f"Setup: Fashion-MNIST, budget = {cfg.budget_ratio:g} x the dense model's measured latency on onnxruntime "
         f"fp32 (batch {cfg.latency.batch}, {cfg.latency.threads} thread). Every agent: one `automl search` with "
         f"the same number of candidates (per model, below; proxy accuracy on {cfg.proxy_val_images} validation images after BN "
-        f"recalibration; the budget on the device profile's predicted latency, converted with the dense "
+        f"recalibration{proxy_steps_text(cfg)}; the budget on the device profile's predicted latency, converted "
+        f"with the dense "
         f"model's predicted / measured ratio), then the deploy-verified pick (the "
         f"{cfg.measure_top_k} best proxy candidates measured per round, the most accurate one within the measured "
         f"budget kept). Same fine-tune for every row of a model (SGD lr {cfg.finetune.lr:g} cosine on the "
@@ -815,7 +833,7 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
         "Latency columns are **measured** (onnxruntime, separate process, median) unless labelled predicted: "
         "after all cells of a model are done, every kept policy and the dense model (fp32 and int8) are "
         "re-measured together, interleaved in one timing process, and *measured ms*, *speedup* and *within "
-        "budget* come from that run (the in-loop measurements only chose the picks).",
+        "budget* come from that run (the in-loop measurements only chose the picks)." + per_setting_text(cfg),
         table, layers, ""])
     if SECTION in text:
         start = text.index(SECTION)
