@@ -158,15 +158,29 @@ def _columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).T
 
 
+class _InputCaptured(Exception):
+    """Raised by the capture hook: the layer's input is recorded, the rest of the forward is not needed."""
+
+
 def _capture_inputs(model: nn.Module, name: str, calib: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """The inputs `name` receives over `calib`, batch by batch (its first call per batch). The forward stops
+    at the layer: an early layer costs a fraction of a full forward."""
     module = model.get_submodule(name)
     seen: list[torch.Tensor] = []
-    hook = module.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach()))
+
+    def hook(m, inp):
+        seen.append(inp[0].detach())
+        raise _InputCaptured
+
+    handle = module.register_forward_pre_hook(hook)
     try:
         for i in range(0, len(calib), batch_size):
-            model(calib[i:i + batch_size])
+            try:
+                model(calib[i:i + batch_size])
+            except _InputCaptured:
+                pass
     finally:
-        hook.remove()
+        handle.remove()
     return seen
 
 

@@ -31,3 +31,17 @@ def fmnist_small():
     from automl.data import load_dataset
 
     return load_dataset("fashion-mnist", limit=2000, test_limit=500, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_resnet20(fmnist_small):
+    """A ResNet-20 trained 4 epochs on `fmnist_small` (seeded), shared by the modules that need a model that
+    has learned something (export, quantization, baselines): training it once saves ~50 s of the suite.
+    Tests must not modify it in place (deep-copy it first; `apply_policy` and `attach_fake_quant` on a copy)."""
+    from automl.models import build_model
+    from automl.training import TrainConfig, train_epochs
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", 1, 10, 28)
+    train_epochs(model, fmnist_small.x_train, fmnist_small.y_train, TrainConfig(epochs=4, batch_size=64, seed=0))
+    return model.eval()

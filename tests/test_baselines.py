@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from automl.models import build_model
-from automl.training import TrainConfig, evaluate, train_epochs
+from automl.training import evaluate
 from search_spaces import SearchSpace, apply_policy, cost_report
 from search_spaces.baselines import BaselineError, global_magnitude, reconstruct, uniform
 
@@ -20,11 +20,8 @@ def fresh():
 
 
 @pytest.fixture(scope="module")
-def trained(fmnist_small):
-    torch.manual_seed(0)
-    model = build_model("resnet20", 1, 10, 28)
-    train_epochs(model, fmnist_small.x_train, fmnist_small.y_train, TrainConfig(epochs=4, batch_size=64, seed=0))
-    return model.eval()
+def trained(trained_resnet20):
+    return trained_resnet20  # conftest: trained once per session
 
 
 def _ratio(model, policy) -> float:
@@ -71,7 +68,7 @@ def test_reconstruction_beats_plain_pruning(trained, fmnist_small, scheme):
     compressed = apply_policy(trained, policy, s.x_test[:1])
     plain = evaluate(compressed.model, s.x_test, s.y_test)
     zeros_before = {n: (m == 0) for n, m in compressed.masks.items()}
-    result = reconstruct(compressed.model, trained, s.x_train[:256], masks=compressed.masks)
+    result = reconstruct(compressed.model, trained, s.x_train[:128], masks=compressed.masks)
     recon = evaluate(compressed.model, s.x_test, s.y_test)
     assert len(result.reconstructed) >= 15
     for name in result.reconstructed:

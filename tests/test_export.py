@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from automl.policy import CompressionPolicy, LayerDecision
-from automl.training import TrainConfig, train_epochs
 from search_spaces.export import (
     ExportError,
     export_onnx,
@@ -23,13 +22,8 @@ from search_spaces.quantization import attach_fake_quant
 
 
 @pytest.fixture(scope="module")
-def trained(fmnist_small):
-    from automl.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("resnet20", 1, 10, 28)
-    train_epochs(model, fmnist_small.x_train, fmnist_small.y_train, TrainConfig(epochs=4, batch_size=64, seed=0))
-    return model.eval()
+def trained(trained_resnet20):
+    return trained_resnet20  # conftest: trained once per session
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,9 @@ def _config(tmp_path: Path, **over) -> Path:
         "settings": ["fp32"],
         "agents": ["random"],  # one search keeps the smoke test short; the agents have their own tests
         "candidates": 3,
+        # 70%, not the real 50%: a 6-second profile may predict that the space cannot reach half the dense
+        # latency (the search then stops with a BudgetError, as it should); the smoke test checks structure
+        "budget_ratio": 0.7,
         "proxy_val_images": 40,
         "calib_batches": 1,
         "measure_top_k": 2,
@@ -81,7 +84,7 @@ def test_headline_smoke_end_to_end(tmp_path):
         cell = cells[f"resnet20/fp32/{method}/s0"]
         assert cell["latency_ms"] > 0 and cell["speedup"] == pytest.approx(dense["latency_ms"] / cell["latency_ms"])
         assert isinstance(cell["within_budget"], bool)
-        assert cell["budget_ms"] == pytest.approx(0.5 * dense["latency_ms"])
+        assert cell["budget_ms"] == pytest.approx(0.7 * dense["latency_ms"])
         assert 0.0 <= cell["test_acc"] <= 1.0 and 0.0 < cell["mac_ratio"] <= 1.0
         # the final interleaved re-measurement, against the dense model timed in the same process
         assert cell["verified_ms"] > 0
@@ -98,7 +101,7 @@ def test_headline_smoke_end_to_end(tmp_path):
     uni = cells["resnet20/fp32/uniform_channel/s0"]["policy"]["layers"]
     assert any(d["scheme"] == "channel" and d.get("sparsity", 0) > 0 for d in uni.values())
     glob = cells["resnet20/fp32/global_magnitude/s0"]
-    assert glob["mac_ratio"] == pytest.approx(0.5, abs=0.02)
+    assert glob["mac_ratio"] == pytest.approx(0.7, abs=0.02)  # masked to the budget ratio of MACs
 
     # the table is printed with one row per method
     for label in ("dense (no pruning)", "| random |", "uniform channel (baseline)",

@@ -20,17 +20,6 @@ from search_spaces.quantization import (
 )
 
 
-@pytest.fixture(scope="module")
-def trained_resnet20(fmnist_small):
-    from automl.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("resnet20", 1, 10, 28)
-    train_epochs(model, fmnist_small.x_train, fmnist_small.y_train, TrainConfig(epochs=4, batch_size=64, lr=0.05, seed=0))
-    model.eval()
-    return model
-
-
 def _bits_policy(w: int | None, a: int | None) -> CompressionPolicy:
     return CompressionPolicy("resnet20", default=LayerDecision(weight_bits=w, act_bits=a))
 

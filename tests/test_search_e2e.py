@@ -1,7 +1,7 @@
 """End-to-end searches with real Ray and a real sqlite MLflow store, driven through the CLI.
 
-Covers: the logged runs/metrics/artifacts, a worker killed mid-trial (retried), a killed driver
-(resumed with --resume, no candidate lost or evaluated twice), and a separate Ray head node on
+Covers: the logged runs/metrics/artifacts, a worker killed mid-trial (retried), a killed and then an
+interrupted driver (resumed with --resume, no candidate lost or evaluated twice), and a separate Ray head node on
 127.0.0.1 used through --address. Every process a test starts is stopped by PID.
 """
 
@@ -94,14 +94,20 @@ def store(tmp_path):
     return uri, MlflowClient(tracking_uri=uri)
 
 
-def test_tiny_search_logs_expected_runs(tmp_path, store):
+def test_tiny_search_logs_expected_runs_and_retries_a_killed_worker(tmp_path, store):
+    """One search checks both what is logged and that a worker killed mid-trial (the process evaluating
+    proposal 1 exits hard, once) is retried: every candidate still ends 'ok' (one search instead of two keeps
+    the suite short)."""
     uri, client = store
-    ray_tmp = _short_tmp()
+    ray_tmp, fault_dir = _short_tmp(), tmp_path / "faults"
+    fault_dir.mkdir()
     try:
-        proc = _automl("search", str(_write_config(tmp_path, "tiny")), "--tracking-uri", uri, env=_env(ray_tmp))
+        proc = _automl("search", str(_write_config(tmp_path, "tiny")), "--tracking-uri", uri,
+                       env=_env(ray_tmp, AUTOML_TEST_KILL_PROPOSAL="1", AUTOML_TEST_FAULT_DIR=str(fault_dir)))
     finally:
         _kill_leftovers(ray_tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (fault_dir / "killed-1").exists(), "the fault was not injected: the test would prove nothing"
     assert "best policy" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     # per-layer decisions print short numbers (no float noise such as sparsity=0.09999999999999998)
     assert "per-layer decisions:" in proc.stdout and not re.search(r"=\d\.\d{7,}", proc.stdout)
@@ -120,10 +126,10 @@ def test_tiny_search_logs_expected_runs(tmp_path, store):
     assert sorted(int(r.data.tags["automl.candidate"]) for r in proxies) == [0, 1, 2, 3]
     for run in proxies:
         assert run.data.tags["mlflow.parentRunId"] == search_id
-        if run.data.tags["automl.status"] == "ok":
-            m = run.data.metrics
-            assert 0 <= m["accuracy"] <= 1 and 0 < m["mac_ratio"] <= 0.7 + 1e-9
-            assert m["size_bytes"] > 0 and m["params"] > 0
+        assert run.data.tags["automl.status"] == "ok"  # including the retried one
+        m = run.data.metrics
+        assert 0 <= m["accuracy"] <= 1 and 0 < m["mac_ratio"] <= 0.7 + 1e-9
+        assert m["size_bytes"] > 0 and m["params"] > 0
         assert "policy.json" in {f.path for f in client.list_artifacts(run.info.run_id)}
     (tuned,) = _children(client, search_id, "finetuned")
     assert "finetuned_accuracy" in tuned.data.metrics
@@ -131,63 +137,63 @@ def test_tiny_search_logs_expected_runs(tmp_path, store):
         "automl.onnx_error")
 
 
-def test_worker_killed_mid_trial_is_retried(tmp_path, store):
-    uri, client = store
-    ray_tmp, fault_dir = _short_tmp(), tmp_path / "faults"
-    fault_dir.mkdir()
-    cfg = _write_config(tmp_path, "killworker", evaluation={**TINY["evaluation"], "finetune_top_k": 0})
-    try:
-        proc = _automl("search", str(cfg), "--tracking-uri", uri,
-                       env=_env(ray_tmp, AUTOML_TEST_KILL_PROPOSAL="1", AUTOML_TEST_FAULT_DIR=str(fault_dir)))
-    finally:
-        _kill_leftovers(ray_tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (fault_dir / "killed-1").exists(), "the fault was not injected: the test would prove nothing"
-    (parent,) = _parents(client, "killworker")
-    proxies = _children(client, parent.info.run_id, "proxy")
-    assert len(proxies) == 4
-    assert all(r.data.tags["automl.status"] == "ok" for r in proxies)
+def _start_driver(cfg: Path, uri: str, ray_tmp: str, log: Path, *extra: str) -> subprocess.Popen:
+    env = _env(ray_tmp, AUTOML_TEST_SLEEP_S="1.5")
+    with log.open("w") as err:
+        return subprocess.Popen([sys.executable, "-m", "automl", "search", str(cfg), "--tracking-uri", uri, *extra],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
-def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, store, sig):
-    """SIGKILL: the parent stays 'running'; Ctrl-C (SIGINT to the process group, as a terminal sends it):
-    Ray Tune stops early and returns, and the search must be marked interrupted, not finished."""
+def _signal_after(driver: subprocess.Popen, client: MlflowClient, n: int, sig: int) -> int:
+    """Wait until the search has logged `n` candidates, send `sig` to the driver's process group (as a terminal
+    does for Ctrl-C), and return its exit code."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        parents = _parents(client, "resumable")
+        if parents and len(_children(client, parents[0].info.run_id, "proxy")) >= n:
+            break
+        assert driver.poll() is None, "the driver ended before it could be stopped"
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the search logged fewer than {n} candidates in 300 s")
+    os.killpg(driver.pid, sig)
+    return driver.wait(timeout=120)
+
+
+def test_killed_then_interrupted_driver_resumes_without_loss_or_duplicates(tmp_path, store):
+    """SIGKILL (the parent stays 'running'), then a resumed driver stopped with Ctrl-C (SIGINT to the process
+    group: Ray Tune stops early and returns, and the search must be marked interrupted, not finished), then a
+    second resume that finishes: every candidate exactly once, none re-evaluated."""
     uri, client = store
-    ray_tmp = _short_tmp()
     cfg = _write_config(tmp_path, "resumable", candidates=6, ray={**TINY["ray"], "workers": 1},
                         evaluation={**TINY["evaluation"], "finetune_top_k": 0})
-    env = _env(ray_tmp, AUTOML_TEST_SLEEP_S="1.5")
-    driver = subprocess.Popen([sys.executable, "-m", "automl", "search", str(cfg), "--tracking-uri", uri], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tmps = [_short_tmp() for _ in range(3)]
+    drivers: list[subprocess.Popen] = []
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            parents = _parents(client, "resumable")
-            if parents and len(_children(client, parents[0].info.run_id, "proxy")) >= 2:
-                break
-            assert driver.poll() is None, "the driver ended before it could be killed"
-            time.sleep(0.5)
-        else:
-            pytest.fail("the search logged fewer than 2 candidates in 300 s")
-        os.killpg(driver.pid, sig)
-        code = driver.wait(timeout=120)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        _kill_leftovers(ray_tmp)
-    (parent,) = _parents(client, "resumable")
-    if sig == signal.SIGINT:
-        assert code != 0
-        assert parent.data.tags["automl.status"] == "interrupted"
-    before = {int(r.data.tags["automl.candidate"]): r.info.run_id for r in _children(client, parent.info.run_id, "proxy")}
-    assert 2 <= len(before) < 6
+        drivers.append(_start_driver(cfg, uri, tmps[0], tmp_path / "run1.log"))
+        _signal_after(drivers[0], client, 2, signal.SIGKILL)
+        (parent,) = _parents(client, "resumable")
+        first = {int(r.data.tags["automl.candidate"]): r.info.run_id
+                 for r in _children(client, parent.info.run_id, "proxy")}
+        assert 2 <= len(first) < 6
 
-    ray_tmp2 = _short_tmp()
-    try:
-        proc = _automl("search", str(cfg), "--tracking-uri", uri, "--resume", env=_env(ray_tmp2))
+        drivers.append(_start_driver(cfg, uri, tmps[1], tmp_path / "run2.log", "--resume"))
+        code = _signal_after(drivers[1], client, len(first) + 1, signal.SIGINT)
+        assert code != 0
+        assert f"{len(first)} candidate(s) already evaluated" in (tmp_path / "run2.log").read_text()
+        (parent,) = _parents(client, "resumable")
+        assert parent.data.tags["automl.status"] == "interrupted"
+        before = {int(r.data.tags["automl.candidate"]): r.info.run_id
+                  for r in _children(client, parent.info.run_id, "proxy")}
+        assert len(first) < len(before) < 6 and all(before[i] == first[i] for i in first)
+
+        proc = _automl("search", str(cfg), "--tracking-uri", uri, "--resume", env=_env(tmps[2]))
     finally:
-        _kill_leftovers(ray_tmp2)
+        for d in drivers:
+            if d.poll() is None:
+                os.killpg(d.pid, signal.SIGKILL)
+        for t in tmps:
+            _kill_leftovers(t)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{len(before)} candidate(s) already evaluated" in proc.stderr
     (parent_after,) = _parents(client, "resumable")
