@@ -36,7 +36,7 @@ def fmnist_small():
 @pytest.fixture(scope="session")
 def trained_resnet20(fmnist_small):
     """A ResNet-20 trained 4 epochs on `fmnist_small` (seeded), shared by the modules that need a model that
-    has learned something (export, quantization, baselines): training it once saves ~50 s of the suite.
+    has learned something (export, quantization, baselines): training it once saves ~60 s of the suite.
     Tests must not modify it in place (deep-copy it first; `apply_policy` and `attach_fake_quant` on a copy)."""
     from automl.models import build_model
     from automl.training import TrainConfig, train_epochs

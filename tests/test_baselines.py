@@ -19,11 +19,6 @@ def fresh():
     return build_model("resnet20", 1, 10, 28).eval()
 
 
-@pytest.fixture(scope="module")
-def trained(trained_resnet20):
-    return trained_resnet20  # conftest: trained once per session
-
-
 def _ratio(model, policy) -> float:
     return cost_report(SearchSpace.from_model(model, "resnet20", SHAPE), policy).mac_ratio
 
@@ -58,17 +53,17 @@ def test_bad_requests(fresh):
 
 
 @pytest.mark.parametrize("scheme", ["unstructured", "nm"])
-def test_reconstruction_beats_plain_pruning(trained, fmnist_small, scheme):
+def test_reconstruction_beats_plain_pruning(trained_resnet20, fmnist_small, scheme):
     s = fmnist_small
-    base = evaluate(trained, s.x_test, s.y_test)
+    base = evaluate(trained_resnet20, s.x_test, s.y_test)
     if scheme == "unstructured":
-        policy = uniform(trained, "unstructured", 0.5, SHAPE, model_name="resnet20")
+        policy = uniform(trained_resnet20, "unstructured", 0.5, SHAPE, model_name="resnet20")
     else:
-        policy = uniform(trained, "nm", 0.5, SHAPE, model_name="resnet20", nm=(2, 4))
-    compressed = apply_policy(trained, policy, s.x_test[:1])
+        policy = uniform(trained_resnet20, "nm", 0.5, SHAPE, model_name="resnet20", nm=(2, 4))
+    compressed = apply_policy(trained_resnet20, policy, s.x_test[:1])
     plain = evaluate(compressed.model, s.x_test, s.y_test)
     zeros_before = {n: (m == 0) for n, m in compressed.masks.items()}
-    result = reconstruct(compressed.model, trained, s.x_train[:128], masks=compressed.masks)
+    result = reconstruct(compressed.model, trained_resnet20, s.x_train[:128], masks=compressed.masks)
     recon = evaluate(compressed.model, s.x_test, s.y_test)
     assert len(result.reconstructed) >= 15
     for name in result.reconstructed:

@@ -22,32 +22,27 @@ from search_spaces.quantization import attach_fake_quant
 
 
 @pytest.fixture(scope="module")
-def trained(trained_resnet20):
-    return trained_resnet20  # conftest: trained once per session
-
-
-@pytest.fixture(scope="module")
-def exported(trained, fmnist_small, tmp_path_factory):
-    return export_onnx(trained, fmnist_small.x_test[:1], tmp_path_factory.mktemp("onnx") / "r20.onnx")
+def exported(trained_resnet20, fmnist_small, tmp_path_factory):
+    return export_onnx(trained_resnet20, fmnist_small.x_test[:1], tmp_path_factory.mktemp("onnx") / "r20.onnx")
 
 
 def _layer_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def test_export_folds_bn_and_matches_torch(trained, exported, fmnist_small):
+def test_export_folds_bn_and_matches_torch(trained_resnet20, exported, fmnist_small):
     assert exported.bn_nodes_left == 0
     ops = onnx_op_counts(exported.path)
     assert ops["Conv"] == 21 and "BatchNormalization" not in ops
     x = fmnist_small.x_test[:64]  # dynamic batch: exported with batch 1, run with 64
     with torch.no_grad():
-        ref = trained(x)
+        ref = trained_resnet20(x)
     assert torch.allclose(run_onnx(exported.path, x), ref, atol=1e-4)
-    nodes = onnx_layer_nodes(exported.path, _layer_names(trained))
+    nodes = onnx_layer_nodes(exported.path, _layer_names(trained_resnet20))
     assert len(set(nodes.values())) == 22
 
 
-def test_int8_matches_8bit_fake_quant(trained, exported, fmnist_small, tmp_path):
+def test_int8_matches_8bit_fake_quant(trained_resnet20, exported, fmnist_small, tmp_path):
     s = fmnist_small
     calib = s.x_train[:256]
     int8 = quantize_onnx_int8(exported.path, calib, tmp_path / "r20_int8.onnx")
@@ -55,7 +50,7 @@ def test_int8_matches_8bit_fake_quant(trained, exported, fmnist_small, tmp_path)
     assert ops["QuantizeLinear"] >= 21 and ops["DequantizeLinear"] >= 22
     x = s.x_test[:200]
     q_logits = run_onnx(int8, x)
-    fq = attach_fake_quant(copy.deepcopy(trained), CompressionPolicy(
+    fq = attach_fake_quant(copy.deepcopy(trained_resnet20), CompressionPolicy(
         "resnet20", default=LayerDecision(weight_bits=8, act_bits=8)), calib)
     with torch.no_grad():
         fq_logits = fq(x)
@@ -65,8 +60,8 @@ def test_int8_matches_8bit_fake_quant(trained, exported, fmnist_small, tmp_path)
     assert rel_err < 0.08, rel_err
 
 
-def test_int8_restricted_to_policy_layers(trained, exported, fmnist_small, tmp_path):
-    names = _layer_names(trained)
+def test_int8_restricted_to_policy_layers(trained_resnet20, exported, fmnist_small, tmp_path):
+    names = _layer_names(trained_resnet20)
     policy = CompressionPolicy("resnet20", layers={n: LayerDecision(weight_bits=8, act_bits=8) for n in names[:4]})
     eight = layers_at_8_bits(policy, names)
     assert eight == names[:4]
@@ -76,7 +71,7 @@ def test_int8_restricted_to_policy_layers(trained, exported, fmnist_small, tmp_p
     assert 4 <= ops["QuantizeLinear"] <= 10
     x = fmnist_small.x_test[:100]
     with torch.no_grad():
-        ref = trained(x)
+        ref = trained_resnet20(x)
     assert (run_onnx(out, x).argmax(1) == ref.argmax(1)).float().mean() >= 0.95
 
 

@@ -144,12 +144,12 @@ def _start_driver(cfg: Path, uri: str, ray_tmp: str, log: Path, *extra: str) -> 
                                 env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
 
 
-def _signal_after(driver: subprocess.Popen, client: MlflowClient, n: int, sig: int) -> int:
-    """Wait until the search has logged `n` candidates, send `sig` to the driver's process group (as a terminal
+def _signal_after(driver: subprocess.Popen, client: MlflowClient, name: str, n: int, sig: int) -> int:
+    """Wait until search `name` has logged `n` candidates, send `sig` to the driver's process group (as a terminal
     does for Ctrl-C), and return its exit code."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        parents = _parents(client, "resumable")
+        parents = _parents(client, name)
         if parents and len(_children(client, parents[0].info.run_id, "proxy")) >= n:
             break
         assert driver.poll() is None, "the driver ended before it could be stopped"
@@ -171,14 +171,14 @@ def test_killed_then_interrupted_driver_resumes_without_loss_or_duplicates(tmp_p
     drivers: list[subprocess.Popen] = []
     try:
         drivers.append(_start_driver(cfg, uri, tmps[0], tmp_path / "run1.log"))
-        _signal_after(drivers[0], client, 2, signal.SIGKILL)
+        _signal_after(drivers[0], client, "resumable", 2, signal.SIGKILL)
         (parent,) = _parents(client, "resumable")
         first = {int(r.data.tags["automl.candidate"]): r.info.run_id
                  for r in _children(client, parent.info.run_id, "proxy")}
         assert 2 <= len(first) < 6
 
         drivers.append(_start_driver(cfg, uri, tmps[1], tmp_path / "run2.log", "--resume"))
-        code = _signal_after(drivers[1], client, len(first) + 1, signal.SIGINT)
+        code = _signal_after(drivers[1], client, "resumable", len(first) + 1, signal.SIGINT)
         assert code != 0
         assert f"{len(first)} candidate(s) already evaluated" in (tmp_path / "run2.log").read_text()
         (parent,) = _parents(client, "resumable")
