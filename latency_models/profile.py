@@ -188,12 +188,13 @@ class DeviceProfile:
             scale = np.array([self.type_scale.get(context_key(k), 1.0) for k in kernels])
             ms, std = ms * scale, std * scale
         total = float(ms.sum())
-        per_kernel = float(self.context_fit.get("per_kernel_ms", 0.0))
-        if per_kernel:
-            total = max(0.5 * total, total + per_kernel * sum(k.type != "glue" for k in kernels))
+        call_ms = self.context_fit.get("call_ms") or {}
+        if call_ms:
+            total = max(0.5 * total, total + sum(call_ms.get(context_key(k), 0.0) for k in kernels))
         cold = float(self.context_fit.get("cold_ms_per_mb", 0.0))
         if cold and self.context_fit.get("cache_mb") is not None:
-            total += cold * cold_weight_mb(kernels, float(self.context_fit["cache_mb"]))
+            total += cold * cold_weight_mb(kernels, float(self.context_fit["cache_mb"]),
+                                           self.context_fit.get("cold_form") or "beyond")
         rel = float(self.context_fit.get("cv_rel_rmse", 0.03))
         return total, math.sqrt(float((std**2).sum()) + (rel * total) ** 2)
 
@@ -305,74 +306,95 @@ def _composite_row(c: tuple) -> list[Any]:
 
 
 #: ridge strengths tried by the context fit (picked by 5-fold cross-validation on the networks)
-CONTEXT_LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+CONTEXT_LAMBDAS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 #: cache sizes (MiB) tried for the cold-weights term (picked with the ridge strength, against none), each
 #: only when at least CONTEXT_MIN_COLD networks' weights exceed it
 CONTEXT_CACHE_MB = (0.5, 1.0, 2.0, 4.0)
 CONTEXT_MIN_COLD = 8
+#: how the cold-weights term reads a network's weights (see `cold_weight_mb`); picked by cross-validation
+COLD_FORMS = ("beyond", "spilled")
 
 
-def cold_weight_mb(kernels: Sequence[Kernel], cache_mb: float) -> float:
-    """MiB of a network's weights that cannot stay cached between two inferences: all of them minus
-    `cache_mb`. A sample kernel timed alone reuses its weights from cache on every call; in a network
-    whose weights do not fit, each kernel reads them from farther away (onnxruntime's node profile:
-    the 64-channel convs of resnet56, 2.6 MiB of them, take 12% longer than the same convs in resnet20)."""
-    return max(0.0, sum(weight_bytes(k) for k in kernels) / 2**20 - cache_mb)
+def cold_weight_mb(kernels: Sequence[Kernel], cache_mb: float, form: str = "beyond") -> float:
+    """MiB of a network's weights that are read from farther away than in the kernel samples.
+
+    A sample kernel timed alone reuses its weights from cache on every call; in a network whose weights
+    do not fit, each kernel reads them from farther away (onnxruntime's node profile: the 64-channel convs
+    of resnet56, 2.6 MiB of them, take 12% longer than the same convs in resnet20). Two readings:
+    "beyond" counts the weights beyond `cache_mb` (all of them minus the cache); "spilled" counts, once
+    the network's weights exceed the cache, every kernel's weights that fit it alone (at most `cache_mb`
+    of each), i.e. what its sample had cached and the network has not: a deep resnet of small convs
+    loses all of them, a vgg whose big layers did not fit the cache even alone loses little more.
+    """
+    sizes = [weight_bytes(k) / 2**20 for k in kernels]
+    total = sum(sizes)
+    if form == "spilled":
+        return sum(min(w, cache_mb) for w in sizes) if total > cache_mb else 0.0
+    return max(0.0, total - cache_mb)
 
 
-def _context_design(profile: DeviceProfile) -> tuple[list[str], Any, Any, Any, Any]:
-    """Per network: predicted ms summed per context key, its kernel count (glue excluded), measured ms,
-    and its weights in MiB."""
+def _context_design(profile: DeviceProfile) -> tuple[list[str], Any, Any, Any, list[list[Kernel]]]:
+    """Per network: predicted ms summed per context key, its kernel count per context key, measured ms
+    (minus the overhead) and its kernels."""
     import numpy as np
 
     composites = profile.fit_composites()
     types = sorted({context_key(k) for ks, _ in composites for k in ks})
     col = {t: i for i, t in enumerate(types)}
-    rows, counts, ys, mbs = [], [], [], []
+    rows, counts, ys, kept = [], [], [], []
     for ks, ms in composites:
         y = ms - profile.overhead_ms
         if y <= 0:
             continue
         pred, _ = profile.predictor.predict_kernels(ks)
-        row = np.zeros(len(types))
+        row, count = np.zeros(len(types)), np.zeros(len(types))
         for p, k in zip(pred, ks, strict=True):
             row[col[context_key(k)]] += p
+            count[col[context_key(k)]] += 1
         rows.append(row)
-        counts.append(sum(k.type != "glue" for k in ks))
+        counts.append(count)
         ys.append(y)
-        mbs.append(sum(weight_bytes(k) for k in ks) / 2**20)
-    return types, np.array(rows), np.array(counts, dtype=float), np.array(ys), np.array(mbs)
+        kept.append(ks)
+    return types, np.array(rows), np.array(counts), np.array(ys), kept
 
 
 def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, Any]]:
-    """Per-kernel-type scale factors, a per-kernel term and a cold-weights term so that
-    overhead + sum(scale_t * kernels_t) + per_kernel_ms * (kernel count)
-    + cold_ms_per_mb * cold_weight_mb(kernels, cache_mb) matches whole networks.
+    """Per-kernel-type scale factors, per-kernel-type call costs and a cold-weights term so that
+    overhead + sum_t(scale_t * kernels_t) + sum_t(call_ms_t * count_t)
+    + cold_ms_per_mb * cold_weight_mb(kernels, cache_mb, cold_form) matches whole networks.
 
     Kernels in a network cost more or less than alone (another layout between them, the framework's
-    calls around each, weights that no longer stay cached); a network's kernel count carries what scales
-    with the number of calls rather than with their sizes. Relative least squares, ridge-regularised
-    towards scale 1 and no extra terms (a type the networks barely exercise keeps its isolated
-    prediction), the ridge strength and cache size picked by 5-fold cross-validation; scales clipped to
-    [0.25, 4], the cold-weights cost to >= 0. The report holds the cross-validated error of the chosen
-    fit (`cv_within_10pct`, `cv_rel_rmse`), `per_kernel_ms`, `cold_ms_per_mb` and `cache_mb`.
+    calls around each, weights that no longer stay cached). A type's call cost carries what scales with
+    the number of its calls rather than with their sizes: torch eager dispatches every op (a pool or an
+    add costs its dispatch, whatever its size), onnxruntime reorders layouts around some nodes; one
+    shared per-kernel term (the earlier fit) mispredicted vgg8 by 12-22% in torch eager, whose pools and
+    linears pay other per-call costs than its convs. Relative least squares, ridge-regularised towards
+    scale 1 and no extra terms (a type the networks barely exercise keeps its isolated prediction), the
+    ridge strength, cache size and cold-weights form picked by 5-fold cross-validation; scales clipped
+    to [0.25, 4], the cold-weights cost to >= 0. The report holds the cross-validated error of the
+    chosen fit (`cv_within_10pct`, `cv_rel_rmse`), `call_ms` per type, `per_kernel_ms` (the networks'
+    median call cost per kernel, glue excluded), `cold_ms_per_mb`, `cache_mb` and `cold_form`.
     """
     import numpy as np
 
-    types, S, N, y, mb = _context_design(profile)
+    types, S, C, y, nets = _context_design(profile)
     if len(y) < 8:
         return {}, {}
-    unit = float(np.median(y / np.maximum(N, 1.0)))  # ms per kernel: the per-kernel term's natural scale
+    n_types = len(types)
+    calls = C.sum(axis=1)
+    unit = float(np.median(y / np.maximum(calls, 1.0)))  # ms per kernel: the call terms' natural scale
+    mb = np.array([sum(weight_bytes(k) for k in ks) / 2**20 for ks in nets])
     unit_mb = float(np.median(y / np.maximum(mb, 1e-3)))  # ms per MiB of weights: the cold term's
-    prior = np.concatenate([np.ones(len(types)), [0.0, 0.0]])
-    lo = np.concatenate([np.full(len(types), 0.25), [-0.5, 0.0]])
-    hi = np.concatenate([np.full(len(types), 4.0), [2.0, 2.0]])
+    prior = np.concatenate([np.ones(n_types), np.zeros(n_types + 1)])
+    lo = np.concatenate([np.full(n_types, 0.25), np.full(n_types, -0.5), [0.0]])
+    hi = np.concatenate([np.full(n_types, 4.0), np.full(n_types, 2.0), [2.0]])
     everything = np.arange(len(y))
     order = np.random.default_rng(0).permutation(len(y))
     folds = [order[f::5] for f in range(5)]
 
-    def design(cache_mb: float) -> np.ndarray:
-        return np.hstack([S, (N * unit)[:, None], (np.maximum(0.0, mb - cache_mb) * unit_mb)[:, None]])
+    def design(cache_mb: float, form: str) -> np.ndarray:
+        cold = np.array([cold_weight_mb(ks, cache_mb, form) if math.isfinite(cache_mb) else 0.0 for ks in nets])
+        return np.hstack([S, C * unit, (cold * unit_mb)[:, None]])
 
     def solve(X: np.ndarray, idx: np.ndarray, lam: float) -> np.ndarray:
         A = X[idx] / y[idx, None]
@@ -388,21 +410,28 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
         return err
 
     # no cold-weights term (an infinite cache), or a cache size that enough networks exceed to tell a
-    # cold-weights cost from one network's noise
-    caches = [math.inf] + [c for c in CONTEXT_CACHE_MB if int(np.sum(mb > c)) >= CONTEXT_MIN_COLD]
-    errs = {(c, lam): cv(design(c), lam) for c in caches for lam in CONTEXT_LAMBDAS}
-    cache_mb, lam = min(errs, key=lambda v: (round(float(np.mean(errs[v] ** 2)), 12), -v[1], v[0]))
-    err = errs[(cache_mb, lam)]
-    coef = solve(design(cache_mb), everything, lam)
+    # cold-weights cost from one network's noise, in either reading
+    shapes = [(math.inf, "beyond")] + [(c, f) for c in CONTEXT_CACHE_MB if int(np.sum(mb > c)) >= CONTEXT_MIN_COLD
+                                       for f in COLD_FORMS]
+    designs = {shape: design(*shape) for shape in shapes}
+    errs = {(shape, lam): cv(designs[shape], lam) for shape in shapes for lam in CONTEXT_LAMBDAS}
+    (cache_mb, form), lam = min(errs, key=lambda v: (round(float(np.mean(errs[v] ** 2)), 12), -v[1], v[0][0]))
+    err = errs[((cache_mb, form), lam)]
+    coef = solve(designs[(cache_mb, form)], everything, lam)
+    call_ms = {t: round(float(a * unit), 6) for t, a in zip(types, coef[n_types:2 * n_types], strict=True)}
+    per_call = (C * unit) @ coef[n_types:2 * n_types]
+    glue = types.index("glue") if "glue" in types else None
+    real_calls = calls - (C[:, glue] if glue is not None else 0.0)
     raw_err = S.sum(axis=1) / y - 1
+    cold = math.isfinite(cache_mb)
     report = {"networks": len(y), "raw_within_10pct": float(np.mean(np.abs(raw_err) <= 0.1)),
               "cv_within_10pct": float(np.mean(np.abs(err) <= 0.1)),
               "cv_within_20pct": float(np.mean(np.abs(err) <= 0.2)),
-              "cv_rel_rmse": float(np.sqrt(np.mean(err**2))), "ridge": lam,
-              "per_kernel_ms": round(float(coef[-2] * unit), 6),
-              "cold_ms_per_mb": round(float(coef[-1] * unit_mb), 6) if math.isfinite(cache_mb) else 0.0,
-              "cache_mb": cache_mb if math.isfinite(cache_mb) else None}
-    return {t: round(float(a), 4) for t, a in zip(types, coef[:-2], strict=True)}, report
+              "cv_rel_rmse": float(np.sqrt(np.mean(err**2))), "ridge": lam, "call_ms": call_ms,
+              "per_kernel_ms": round(float(np.median(per_call / np.maximum(real_calls, 1.0))), 6),
+              "cold_ms_per_mb": round(float(coef[-1] * unit_mb), 6) if cold else 0.0,
+              "cache_mb": cache_mb if cold else None, "cold_form": form if cold else None}
+    return {t: round(float(a), 4) for t, a in zip(types, coef[:n_types], strict=True)}, report
 
 
 def _preferred_align(pred: KernelPredictor) -> tuple[int, dict[str, float]]:

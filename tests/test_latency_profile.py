@@ -164,9 +164,11 @@ def wide_profile() -> DeviceProfile:
 
 
 def _context_profile(base: DeviceProfile, scales: dict[str, float], per_kernel_ms: float, n: int = 60,
-                     seed: int = 0, cold: tuple[float, float] = (0.0, 1.0)) -> DeviceProfile:
+                     seed: int = 0, cold: tuple[float, float] = (0.0, 1.0), cold_form: str = "beyond",
+                     call_ms: dict[str, float] | None = None) -> DeviceProfile:
     """`base` with whole networks that follow a known law: scale_t x isolated prediction + a per-kernel term
-    + cold[0] ms per MiB of weights beyond cold[1] MiB."""
+    (+ call_ms[t] per kernel of context type t) + cold[0] ms per MiB of cold weights (`cold_weight_mb`
+    with cache cold[1] MiB, read as `cold_form`)."""
     import copy
     import random
 
@@ -181,7 +183,8 @@ def _context_profile(base: DeviceProfile, scales: dict[str, float], per_kernel_m
               for _ in range(rng.randint(3, 40))]
         pred, _ = profile.predictor.predict_kernels(ks)
         ms = sum(p * scales.get(context_key(k), 1.0) for p, k in zip(pred, ks, strict=True))
-        ms += cold[0] * cold_weight_mb(ks, cold[1])
+        ms += cold[0] * cold_weight_mb(ks, cold[1], cold_form)
+        ms += sum((call_ms or {}).get(context_key(k), 0.0) for k in ks)
         composites.append((ks, profile.overhead_ms + ms + per_kernel_ms * len(ks)))
     profile.composites = composites
     profile.type_scale, profile.context_fit = _fit_context(profile)  # what fit() does after the regressors
@@ -205,6 +208,41 @@ def test_context_fit_recovers_type_scales_and_a_per_kernel_term(wide_profile):
     assert abs(plain.context_fit["per_kernel_ms"]) < 5e-4 and plain.context_fit["cold_ms_per_mb"] < 0.01
 
 
+def test_context_fit_tells_the_call_costs_of_kernel_types_apart(wide_profile):
+    """A fixed cost per pool call (torch eager's dispatch of a small op) and none per conv: the fit puts
+    it on the pools, not spread over every kernel as one per-kernel term would."""
+    profile = _context_profile(wide_profile, {}, per_kernel_ms=0.0, n=80, seed=3, call_ms={"pool": 0.02})
+    calls = profile.context_fit["call_ms"]
+    assert calls["pool"] == pytest.approx(0.02, rel=0.2)
+    assert abs(calls["conv/a8"]) < 0.004 and abs(calls["conv/u"]) < 0.004
+    assert profile.context_fit["cv_within_10pct"] > 0.9
+    pools = max(profile.composites, key=lambda c: sum(k.type == "pool" for k in c[0]))
+    assert profile.predict_kernels(pools[0]).ms == pytest.approx(pools[1], rel=0.05)
+
+
+def test_cold_weights_forms():
+    """'beyond' counts the weights past the cache; 'spilled' what each kernel had cached alone and the
+    network no longer has: many small kernels lose all of theirs, one big kernel only the cache's worth."""
+    from latency_models.kernels import Kernel
+    from latency_models.profile import cold_weight_mb
+
+    small = Kernel("conv", (64.0, 64.0, 3.0, 1.0, 8.0, 8.0, 1.0, 1.0, 1.0, 0.0, 32.0, 32.0))  # 0.14 MiB
+    big = Kernel("linear", (1.0, 1024.0, 1024.0, 0.0, 1.0, 0.0, 32.0))  # 4 MiB
+    mib = 64 * 64 * 9 * 4 / 2**20
+    assert cold_weight_mb([small] * 4, 1.0) == 0.0 == cold_weight_mb([small] * 4, 1.0, "spilled")
+    assert cold_weight_mb([small] * 20, 1.0) == pytest.approx(20 * mib - 1.0)
+    assert cold_weight_mb([small] * 20, 1.0, "spilled") == pytest.approx(20 * mib)
+    assert cold_weight_mb([big], 1.0) == pytest.approx(3.0)
+    assert cold_weight_mb([big], 1.0, "spilled") == pytest.approx(1.0)
+
+
+def test_context_fit_picks_the_cold_weights_form_the_networks_follow(wide_profile):
+    profile = _context_profile(wide_profile, {}, per_kernel_ms=0.0, n=80, seed=2, cold=(0.2, 1.0),
+                               cold_form="spilled")
+    assert profile.context_fit["cold_form"] == "spilled" and profile.context_fit["cache_mb"] == 1.0
+    assert profile.context_fit["cold_ms_per_mb"] == pytest.approx(0.2, rel=0.15)
+
+
 def test_context_fit_finds_the_cost_of_weights_that_do_not_stay_cached(wide_profile):
     """Networks whose weights exceed the cache pay for reading them: found with the cache size."""
     from latency_models.kernels import Kernel, weight_bytes
@@ -215,7 +253,7 @@ def test_context_fit_finds_the_cost_of_weights_that_do_not_stay_cached(wide_prof
     profile = _context_profile(wide_profile, {}, per_kernel_ms=0.0, n=80, seed=2, cold=(0.2, 1.0))
     mbs = [sum(weight_bytes(k) for k in ks) / 2**20 for ks, _ in profile.composites]
     assert sum(m > 1.0 for m in mbs) > 10  # the law matters for some networks
-    assert profile.context_fit["cache_mb"] == 1.0
+    assert profile.context_fit["cache_mb"] == 1.0 and profile.context_fit["cold_form"] == "beyond"
     assert profile.context_fit["cold_ms_per_mb"] == pytest.approx(0.2, rel=0.15)
     ks, ms = max(profile.composites, key=lambda c: sum(weight_bytes(k) for k in c[0]))
     assert profile.predict_kernels(ks).ms == pytest.approx(ms, rel=0.05)
