@@ -35,7 +35,7 @@ STRUCTURED_PROFILE_VERSION = 2
 #: protocol (`latency_models.measure`) against a no-op baseline; every timing process also times
 #: `REFERENCE_KERNELS` and is divided by the speed they show; glue ops are sampled; the regressors fit
 #: latency relative to a linear cost per type (`KernelPredictor.relative`); the context fit adds a
-#: per-kernel and a cold-weights term (`_fit_context`). A cached profile of an older version is rebuilt
+#: call cost per kernel type and a cold-weights term (`_fit_context`). A cached profile of an older version is rebuilt
 #: by `get_or_build_profile` (it predicted another statistic); all three versions load.
 MEDIAN_PROFILE_VERSION = 3
 READABLE_VERSIONS = (PROFILE_VERSION, STRUCTURED_PROFILE_VERSION, MEDIAN_PROFILE_VERSION)
@@ -506,7 +506,7 @@ def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, thre
     if structured is None:
         structured = bool(rt.structured_sparsity)
     torch.manual_seed(seed)
-    refs = _reference_modules(batch) if protocol.references else []
+    refs = reference_modules(batch) if protocol.references else []
     mods = ([baseline_module(batch, protocol.identity_baseline)] + refs
             + [sample_module(k, batch, rng, structured) for k in kernels])
     artifacts, shapes = [], []
@@ -525,7 +525,7 @@ def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, thre
     if values[0] is None:
         raise RuntimeError(f"the baseline model failed on {rt.name}: {results[0].get('error')}")
     base = values[0]
-    ref = _reference_time(values[1:1 + len(refs)]) if refs else None
+    ref = reference_time(values[1:1 + len(refs)]) if refs else None
     out = []
     if stats_out is not None:
         stats_out.extend(stats[:1 + len(refs)])
@@ -538,8 +538,11 @@ def measure_kernels(kernels: Sequence[Kernel], *, runtime: str, batch: int, thre
     return out, base
 
 
-def _reference_modules(batch: int) -> list[tuple[Any, tuple[int, ...]]]:
-    """The sample modules of `REFERENCE_KERNELS` (fixed weights: the same modules in every process)."""
+def reference_modules(batch: int) -> list[tuple[Any, tuple[int, ...]]]:
+    """The sample modules of `REFERENCE_KERNELS` (fixed weights: the same modules in every process).
+
+    Public so that a measurement can time them beside its models and tell how fast its timing process ran
+    against a profile's build (`DeviceProfile.speed_reference`), as the latency benchmark reports."""
     import torch
 
     from latency_models.sampling import sample_module
@@ -553,7 +556,7 @@ def _reference_modules(batch: int) -> list[tuple[Any, tuple[int, ...]]]:
         torch.random.set_rng_state(state)
 
 
-def _reference_time(values: Sequence[float | None]) -> float | None:
+def reference_time(values: Sequence[float | None]) -> float | None:
     """The geometric mean of the reference kernels' times in one process (None if one failed)."""
     if not values or any(v is None or v <= 0 for v in values):
         return None
@@ -584,7 +587,7 @@ def measure_networks(rng: random.Random, n: int, *, runtime: str, batch: int, th
     base_mod, base_shape = baseline_module(batch, protocol.identity_baseline)
     artifacts = [rt.export_kernel(base_mod, torch.randn(*base_shape), precision)]
     shapes: list[tuple[int, ...]] = [base_shape]
-    refs = _reference_modules(batch) if protocol.references else []
+    refs = reference_modules(batch) if protocol.references else []
     for module, shape in refs:
         artifacts.append(rt.export_kernel(module.eval(), torch.randn(*shape), precision))
         shapes.append(shape)
@@ -602,7 +605,7 @@ def measure_networks(rng: random.Random, n: int, *, runtime: str, batch: int, th
     values, stats = _timed(results, protocol.statistic)
     if stats_out is not None:
         stats_out.extend(stats[:1 + len(refs)])
-    ref = _reference_time(values[1:1 + len(refs)]) if refs else None
+    ref = reference_time(values[1:1 + len(refs)]) if refs else None
     out = []
     skip = 1 + len(refs)
     for (model, shape), m, st in zip(nets, values[skip:], stats[skip:], strict=True):
