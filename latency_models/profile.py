@@ -35,8 +35,8 @@ STRUCTURED_PROFILE_VERSION = 2
 #: protocol (`latency_models.measure`) against a no-op baseline; every timing process also times
 #: `REFERENCE_KERNELS` and is divided by the speed they show; glue ops are sampled; the regressors fit
 #: latency relative to a linear cost per type (`KernelPredictor.relative`); the context fit adds a
-#: call cost per kernel type and a cold-weights term (`_fit_context`). A cached profile of an older version is rebuilt
-#: by `get_or_build_profile` (it predicted another statistic); all three versions load.
+#: call cost per kernel type and a cold-weights term (`_fit_context`). A cached profile of an older
+#: version is rebuilt by `get_or_build_profile` (it predicted another statistic); all three versions load.
 MEDIAN_PROFILE_VERSION = 3
 READABLE_VERSIONS = (PROFILE_VERSION, STRUCTURED_PROFILE_VERSION, MEDIAN_PROFILE_VERSION)
 #: the side-file key of structured samples, so a rebuild never mixes in random-mask samples of an older build
@@ -419,9 +419,9 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
     err = errs[((cache_mb, form), lam)]
     coef = solve(designs[(cache_mb, form)], everything, lam)
     call_ms = {t: round(float(a * unit), 6) for t, a in zip(types, coef[n_types:2 * n_types], strict=True)}
-    per_call = (C * unit) @ coef[n_types:2 * n_types]
-    glue = types.index("glue") if "glue" in types else None
-    real_calls = calls - (C[:, glue] if glue is not None else 0.0)
+    real = np.array([t != "glue" for t in types])  # per_kernel_ms: the non-glue kernels' call costs
+    per_call = (C[:, real] * unit) @ coef[n_types:2 * n_types][real]
+    real_calls = C[:, real].sum(axis=1)
     raw_err = S.sum(axis=1) / y - 1
     cold = math.isfinite(cache_mb)
     report = {"networks": len(y), "raw_within_10pct": float(np.mean(np.abs(raw_err) <= 0.1)),
