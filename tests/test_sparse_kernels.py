@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -51,8 +51,14 @@ def _mask(shape: tuple[int, ...], sparsity: float, n: int, gen: torch.Generator)
     return keep.reshape(blocks * n, rest)[:cout].reshape(shape)
 
 
-def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-6)) if ref.numel() else 0.0
+def _rel_err(y: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor | None = None) -> float:
+    """Max abs error over the output's magnitude, or over `scale`'s where that is larger: the magnitude
+    of the summed terms (|w| * |x|), which bounds float32's reordering error. A 1x1 conv of 15 inputs that
+    cancel to -0.0125 differs by 1.7e-5 relative to its output, with either summation order right."""
+    if not ref.numel():
+        return 0.0
+    denom = ref.abs().max() if scale is None else torch.maximum(ref.abs().max(), scale.abs().max())
+    return float((y - ref).abs().max() / denom.clamp_min(1e-6))
 
 
 conv_cases = st.fixed_dictionaries({
@@ -66,6 +72,9 @@ conv_cases = st.fixed_dictionaries({
 
 @SETTINGS
 @given(case=conv_cases)
+# found by CI: 15 inputs cancelling to -0.0125, 1.7e-5 off relative to the output (not to the terms)
+@example(case={"cin": 15, "cout": 1, "k": 1, "stride": 1, "padding": 0, "h": 1, "w": 1, "batch": 1, "n": 1,
+               "mask_n": 1, "sparsity": 0.0, "bias": False, "act": 0, "seed": 0})
 def test_conv_equals_dense_masked_conv(isa, case):
     c = case
     if c["h"] + 2 * c["padding"] < c["k"] or c["w"] + 2 * c["padding"] < c["k"]:
@@ -78,8 +87,9 @@ def test_conv_equals_dense_masked_conv(isa, case):
     idx, vals, ptr = OPS.pack(w, c["n"])
     y = OPS.conv2d(x, idx, vals, ptr, b, c["cout"], c["k"], c["k"], c["stride"], c["padding"], c["n"], c["act"])
     ref = ACT_FN[c["act"]](F.conv2d(x, w, b, c["stride"], c["padding"]))
+    terms = F.conv2d(x.abs(), w.abs(), None if b is None else b.abs(), c["stride"], c["padding"])
     assert y.shape == ref.shape
-    assert _rel_err(y, ref) <= 1e-5
+    assert _rel_err(y, ref, terms) <= 1e-5
 
 
 @SETTINGS
@@ -95,8 +105,9 @@ def test_linear_equals_dense_masked_linear(isa, rows, cin, cout, n, mask_n, spar
     idx, vals, ptr = OPS.pack(w, n)
     y = OPS.linear(x, idx, vals, ptr, b, cout, n, act)
     ref = ACT_FN[act](F.linear(x, w, b))
+    terms = F.linear(x.abs(), w.abs(), None if b is None else b.abs())
     assert y.shape == ref.shape
-    assert _rel_err(y, ref) <= 1e-5
+    assert _rel_err(y, ref, terms) <= 1e-5
 
 
 @pytest.mark.parametrize("hw", [(28, 28), (96, 96), (7, 7), (14, 9)])
