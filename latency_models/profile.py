@@ -326,7 +326,11 @@ def cold_weight_mb(kernels: Sequence[Kernel], cache_mb: float, form: str = "beyo
     of each), i.e. what its sample had cached and the network has not: a deep resnet of small convs
     loses all of them, a vgg whose big layers did not fit the cache even alone loses little more.
     """
-    sizes = [weight_bytes(k) / 2**20 for k in kernels]
+    return _cold_mb([weight_bytes(k) / 2**20 for k in kernels], cache_mb, form)
+
+
+def _cold_mb(sizes: Sequence[float], cache_mb: float, form: str) -> float:
+    """`cold_weight_mb` on the kernels' weight sizes in MiB."""
     total = sum(sizes)
     if form == "spilled":
         return sum(min(w, cache_mb) for w in sizes) if total > cache_mb else 0.0
@@ -383,7 +387,8 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
     n_types = len(types)
     calls = C.sum(axis=1)
     unit = float(np.median(y / np.maximum(calls, 1.0)))  # ms per kernel: the call terms' natural scale
-    mb = np.array([sum(weight_bytes(k) for k in ks) / 2**20 for ks in nets])
+    sizes = [[weight_bytes(k) / 2**20 for k in ks] for ks in nets]
+    mb = np.array([sum(ws) for ws in sizes])
     unit_mb = float(np.median(y / np.maximum(mb, 1e-3)))  # ms per MiB of weights: the cold term's
     prior = np.concatenate([np.ones(n_types), np.zeros(n_types + 1)])
     lo = np.concatenate([np.full(n_types, 0.25), np.full(n_types, -0.5), [0.0]])
@@ -393,7 +398,7 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
     folds = [order[f::5] for f in range(5)]
 
     def design(cache_mb: float, form: str) -> np.ndarray:
-        cold = np.array([cold_weight_mb(ks, cache_mb, form) if math.isfinite(cache_mb) else 0.0 for ks in nets])
+        cold = np.array([_cold_mb(ws, cache_mb, form) if math.isfinite(cache_mb) else 0.0 for ws in sizes])
         return np.hstack([S, C * unit, (cold * unit_mb)[:, None]])
 
     def solve(X: np.ndarray, idx: np.ndarray, lam: float) -> np.ndarray:
@@ -556,6 +561,20 @@ def reference_modules(batch: int) -> list[tuple[Any, tuple[int, ...]]]:
         torch.random.set_rng_state(state)
 
 
+def reference_artifacts(rt: Any, batch: int, precision: str = "fp32",
+                        modules: Sequence[tuple[Any, tuple[int, ...]]] | None = None,
+                        ) -> tuple[list[bytes], list[tuple[int, ...]]]:
+    """The reference kernels exported for runtime `rt` (`modules`: `reference_modules(batch)` already
+    built), with their input shapes: what a timing process adds to tell its speed."""
+    import torch
+
+    artifacts, shapes = [], []
+    for module, shape in modules if modules is not None else reference_modules(batch):
+        artifacts.append(rt.export_kernel(module.eval(), torch.randn(*shape), precision))
+        shapes.append(shape)
+    return artifacts, shapes
+
+
 def reference_time(values: Sequence[float | None]) -> float | None:
     """The geometric mean of the reference kernels' times in one process (None if one failed)."""
     if not values or any(v is None or v <= 0 for v in values):
@@ -588,9 +607,9 @@ def measure_networks(rng: random.Random, n: int, *, runtime: str, batch: int, th
     artifacts = [rt.export_kernel(base_mod, torch.randn(*base_shape), precision)]
     shapes: list[tuple[int, ...]] = [base_shape]
     refs = reference_modules(batch) if protocol.references else []
-    for module, shape in refs:
-        artifacts.append(rt.export_kernel(module.eval(), torch.randn(*shape), precision))
-        shapes.append(shape)
+    ref_artifacts, ref_shapes = reference_artifacts(rt, batch, precision, refs)
+    artifacts += ref_artifacts
+    shapes += ref_shapes
     for model, shape in nets:
         artifacts.append(rt.export_kernel(model, torch.randn(batch, *shape), precision))
         shapes.append((batch, *shape))

@@ -44,7 +44,7 @@ from latency_models.measure import (
     run_worker,
     to_estimate,
 )
-from latency_models.profile import policy_kernels, reference_modules, reference_time
+from latency_models.profile import policy_kernels, reference_artifacts, reference_time
 from latency_models.runtimes.base import get_runtime
 from latency_models.runtimes.ort import OnnxRuntime
 from search_spaces import SearchSpace, apply_policy
@@ -77,10 +77,9 @@ def measure_with_references(models, runtime, batch: int, repeats: int | None):
     rt = get_runtime(runtime)
     example = example_input(INPUT, batch)
     artifacts = [rt.export(m, example, "fp32") for m in models]
-    shapes = [tuple(example.shape)] * len(artifacts)
-    for module, shape in reference_modules(batch):
-        artifacts.append(rt.export_kernel(module.eval(), torch.randn(*shape), "fp32"))
-        shapes.append(shape)
+    ref_artifacts, ref_shapes = reference_artifacts(rt, batch)
+    artifacts += ref_artifacts
+    shapes = [tuple(example.shape)] * len(models) + ref_shapes
     protocol = ({"repeats": DEFAULT_REPEATS, "target_ms": DEFAULT_TARGET_MS} if repeats is None
                 else {"repeats": repeats, "target_ms": 0.0})
     results = run_worker(rt.name, artifacts, shapes, threads=1, warmup=DEFAULT_WARMUP, rounds=DEFAULT_ROUNDS,
