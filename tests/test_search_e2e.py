@@ -242,3 +242,20 @@ def test_search_on_a_separate_ray_head_node(tmp_path, store):
         _kill_leftovers(ray_tmp)
     (parent,) = _parents(client, "cluster")
     assert len(_children(client, parent.info.run_id, "proxy")) == 4
+
+
+def test_ctrl_c_works_again_after_a_tune_run():
+    """Ray Tune's own SIGINT handler (installed by every `Tuner.fit()`, removed only when a signal arrives)
+    is taken back out after the run, so a Ctrl+C during the fine-tune that follows a search still stops it."""
+    from ray.tune import tune as tune_module
+
+    from automl.search.runner import _tune_signal_handlers_restored
+
+    original = signal.getsignal(signal.SIGINT)
+    with _tune_signal_handlers_restored():
+        tune_module._setup_signal_catching()  # what Tuner.fit() runs before its trials
+        assert signal.getsignal(signal.SIGINT) is not original
+    assert signal.getsignal(signal.SIGINT) is original
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)

@@ -15,12 +15,15 @@ so no candidate is lost or evaluated twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,28 @@ class SearchResult:
 
 def _eprint(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _tune_signal_handlers_restored() -> Iterator[None]:
+    """Put back the SIGINT / SIGUSR1 handlers Ray Tune replaces during `Tuner.fit()`.
+
+    Why: Tune installs its own SIGINT handler (stop scheduling, checkpoint, return) and restores the old
+    one only when a signal arrives; after a search that finished normally, its handler stays, and a later
+    Ctrl+C in the same process (the fine-tune after a search, the next cell of a benchmark) only prints
+    Tune's warning and is otherwise ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [n for n in ("SIGINT", "SIGUSR1") if hasattr(signal, n)]
+    saved = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    try:
+        yield
+    finally:
+        for n, handler in saved.items():
+            if handler is not None:
+                signal.signal(getattr(signal, n), handler)
 
 
 def state_dir_for(search_id: str) -> Path:
@@ -312,7 +337,8 @@ class SearchRunner:
                                           failure_config=tune.FailureConfig(max_failures=cfg.ray.max_retries),
                                           callbacks=[logger], progress_reporter=None),
             )
-            tuner.fit()
+            with _tune_signal_handlers_restored():
+                tuner.fit()
             if len(logger.records) < remaining:
                 # Ray Tune handles SIGINT itself: it stops scheduling, checkpoints and returns normally.
                 # Fewer finished trials than asked for means the search was interrupted, not done.
