@@ -37,6 +37,7 @@ def test_every_experiment_yaml_validates():
         ({"model": {"nmae": "resnet20"}}, "model.nmae"),
         ({"name": "has space"}, "name"),
         ({"evaluation": {"proxy_finetune_steps": -1}}, "evaluation.proxy_finetune_steps"),
+        ({"evaluation": {"finetune_lr": 0}}, "evaluation.finetune_lr"),
     ],
 )
 def test_bad_values_name_the_field(data, field):

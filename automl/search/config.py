@@ -79,6 +79,7 @@ class EvaluationConfig(_Strict):
     proxy_finetune_lr: float = Field(0.01, gt=0)
     finetune_top_k: int = Field(2, ge=0, description="fine-tune this many best candidates after the search")
     finetune_epochs: float = Field(1.0, ge=0)
+    finetune_lr: float = Field(0.01, gt=0, description="SGD lr (cosine schedule) of that fine-tune")
 
 
 class RayConfig(_Strict):

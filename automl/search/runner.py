@@ -371,7 +371,8 @@ class SearchRunner:
             self.print(f"fine-tuning top-{rank + 1} candidate #{cand['index']} "
                        f"({cfg.evaluation.finetune_epochs} epoch(s) on {len(splits.x_train)} images)")
             compressed = evaluator.compress(cand["policy"])
-            finetune(compressed, splits, cfg.evaluation.finetune_epochs, seed=cfg.seed, progress=self.print)
+            finetune(compressed, splits, cfg.evaluation.finetune_epochs, lr=cfg.evaluation.finetune_lr, seed=cfg.seed,
+                     progress=self.print)
             test_acc = evaluate(compressed.model, splits.x_test, splits.y_test)
             metrics = dict(cand["metrics"])
             metrics.update(accuracy=test_acc, finetuned_accuracy=test_acc)
