@@ -80,7 +80,7 @@ def test_headline_smoke_end_to_end(tmp_path):
     cells = json.loads(results.read_text())["cells"]
     dense = cells["resnet20/dense-latency"]
     assert dense["latency_ms"] > 0 and 0 <= dense["test_acc"] <= 1
-    for method in ("dense", "random", "uniform_channel", "global_magnitude"):
+    for method in ("dense", "random", "uniform_channel", "global_magnitude", "dense_finetuned"):
         cell = cells[f"resnet20/fp32/{method}/s0"]
         assert cell["latency_ms"] > 0 and cell["speedup"] == pytest.approx(dense["latency_ms"] / cell["latency_ms"])
         assert isinstance(cell["within_budget"], bool)
@@ -102,10 +102,15 @@ def test_headline_smoke_end_to_end(tmp_path):
     assert any(d["scheme"] == "channel" and d.get("sparsity", 0) > 0 for d in uni.values())
     glob = cells["resnet20/fp32/global_magnitude/s0"]
     assert glob["mac_ratio"] == pytest.approx(0.7, abs=0.02)  # masked to the budget ratio of MACs
+    # the dense reference row: the dense model, fine-tuned with the same recipe, at the dense row's latency
+    dft = cells["resnet20/fp32/dense_finetuned/s0"]
+    assert dft["finetuned"] and dft["mac_ratio"] == 1.0
+    assert all(d["scheme"] == "dense" for d in dft["policy"]["layers"].values())
+    assert dft["latency_ms"] == cells["resnet20/fp32/dense/s0"]["latency_ms"]
 
     # the table is printed with one row per method
     for label in ("dense (no pruning)", "| random |", "uniform channel (baseline)",
-                  "global magnitude (baseline)"):
+                  "global magnitude (baseline)", "dense + the same fine-tune (reference)"):
         assert label in proc.stdout
 
     # MLflow: one benchmark parent, the searches nested under it, one result child per cell
@@ -118,7 +123,7 @@ def test_headline_smoke_end_to_end(tmp_path):
     assert len(searches) == 1 and all(r.data.tags["mlflow.parentRunId"] == bench_id for r in searches)
     assert searches[0].data.params["evaluation.proxy_finetune_steps"] == "2"  # the fp32 override reached it
     res = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'benchmark_result'")
-    assert len(res) == 4 and all(r.data.tags["mlflow.parentRunId"] == bench_id for r in res)
+    assert len(res) == 5 and all(r.data.tags["mlflow.parentRunId"] == bench_id for r in res)
     # each search holds its fine-tuned, measured pick, so `automl best` can answer from it
     for s in searches:
         ft = client.search_runs([exp.experiment_id], f"tags.`automl.search_id` = '{s.info.run_id}' and "
@@ -178,3 +183,18 @@ def test_per_setting_override_recomputes_only_its_setting(tmp_path):
     bad = _config(tmp_path, per_setting={"fp32": {"space": {"weight_bits": [4]}}})
     with pytest.raises(h.ConfigError, match="weight_bits"):
         h.HeadlineConfig.from_yaml(bad)
+
+
+def test_per_model_finetune_override_and_signature(tmp_path):
+    h = _headline_module()
+    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path))
+    spec = cfg.models[0]
+    assert h.finetune_recipe(cfg, spec) == (0.1, cfg.finetune.lr)
+    tuned = spec.model_copy(update={"finetune_epochs": 2.0, "finetune_lr": 0.05})
+    assert h.finetune_recipe(cfg, tuned) == (2.0, 0.05)
+    # a model without the lr override keeps the signature it had before the field existed (finished cells
+    # stay valid); setting it changes the signature (its cells are recomputed)
+    assert h.signature(cfg, spec) == h.signature(cfg, spec.model_copy(update={"finetune_lr": None}))
+    assert h.signature(cfg, spec) != h.signature(cfg, spec.model_copy(update={"finetune_lr": 0.05}))
+    with pytest.raises(h.ConfigError, match="finetune_lr"):
+        h.HeadlineConfig.from_yaml(_config(tmp_path, models=[{"name": "resnet20", "finetune_lr": -1}]))
