@@ -400,8 +400,8 @@ def predicted_budget(cfg: HeadlineConfig, space, measurer: Measurer, setting: st
     when the base model is given, m = uniform channel pruning (aligned like the baseline) that the first
     conversion predicts at the budget: the profile's error on a pruned model near the budget is not its
     error on the dense model (ResNet-20 fp32 on the Xeon host: dense over-predicted by 10%, uniform channel
-    pruning at half its latency by 5%, so with a dense-only conversion the searches' candidates measured
-    ~4% over the budget). The pick afterwards is checked against the measured budget itself.
+    pruning at half its latency by 5%, so with a dense-only conversion the first search's pick measured
+    3.5% over the budget). The pick afterwards is checked against the measured budget itself.
     """
     from latency_models import get_or_build_profile, predict_policy
     from search_spaces.baselines import uniform
