@@ -251,11 +251,15 @@ def test_ctrl_c_works_again_after_a_tune_run():
 
     from automl.search.runner import _tune_signal_handlers_restored
 
-    original = signal.getsignal(signal.SIGINT)
-    with _tune_signal_handlers_restored():
-        tune_module._setup_signal_catching()  # what Tuner.fit() runs before its trials
-        assert signal.getsignal(signal.SIGINT) is not original
-    assert signal.getsignal(signal.SIGINT) is original
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)
+    # start from Python's own Ctrl+C handler, whatever earlier tests (or libraries) installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _tune_signal_handlers_restored():
+            tune_module._setup_signal_catching()  # what Tuner.fit() runs before its trials
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
