@@ -363,27 +363,46 @@ def pick_by_measurement(candidates: list[dict], measurer: Measurer, precision: s
     return c, m, False, len(measured)
 
 
+def bisect_uniform_channel(make_policy, cost, target_ms: float, iters: int):
+    """Bisect the MAC ratio of uniform channel pruning (in [0.02, 1]) for the largest ratio whose policy's
+    `cost` meets `target_ms`. `make_policy(ratio)` builds the policy, `cost(policy, ratio)` prices it.
+    Returns ((policy, cost) of the last ratio that met the target, or None; the lower bound reached)."""
+    lo, hi, best = 0.02, 1.0, None
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        policy = make_policy(mid)
+        value = cost(policy, mid)
+        if value <= target_ms:
+            best, lo = (policy, value), mid
+        else:
+            hi = mid
+    return best, lo
+
+
+def uniform_channel_maker(base, model_name: str, shape, space_cfg, space, align: int, bits: int | None):
+    """ratio -> uniform channel pruning of `base` at that MAC ratio, kept channels rounded to `align`."""
+    from search_spaces.baselines import uniform
+
+    return lambda ratio: with_bits(uniform(base, "channel", ratio, shape, model_name=model_name, config=space_cfg,
+                                           align=align), space, bits)
+
+
 def uniform_channel_at_latency(base, model_name: str, shape, space_cfg, measurer: Measurer, precision: str,
                                target_ms: float, align: int, bits: int | None, iters: int = 7):
     """Uniform channel pruning bisected on the MAC ratio until its *measured* latency meets the budget."""
     from search_spaces import SearchSpace
-    from search_spaces.baselines import uniform
 
-    space = SearchSpace.from_model(base, model_name, shape, space_cfg)
-    lo, hi, best = 0.02, 1.0, None
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        policy = with_bits(uniform(base, "channel", mid, shape, model_name=model_name, config=space_cfg,
-                                   align=align), space, bits)
+    make = uniform_channel_maker(base, model_name, shape, space_cfg,
+                                 SearchSpace.from_model(base, model_name, shape, space_cfg), align, bits)
+
+    def measured(policy, ratio: float) -> float:
         (ms,) = measurer.measure([policy], precision)
-        log(f"  uniform channel at MAC target {mid:.3f}: measured {ms:.3f} ms (budget {target_ms:.3f})")
-        if ms <= target_ms:
-            best, lo = (policy, ms), mid
-        else:
-            hi = mid
+        log(f"  uniform channel at MAC target {ratio:.3f}: measured {ms:.3f} ms (budget {target_ms:.3f})")
+        return ms
+
+    best, lo = bisect_uniform_channel(make, measured, target_ms, iters)
     if best is None:
-        policy = with_bits(uniform(base, "channel", lo, shape, model_name=model_name, config=space_cfg,
-                                   align=align), space, bits)
+        policy = make(lo)
         (ms,) = measurer.measure([policy], precision)
         return policy, ms, ms <= target_ms
     return best[0], best[1], True
@@ -404,7 +423,6 @@ def predicted_budget(cfg: HeadlineConfig, space, measurer: Measurer, setting: st
     3.5% over the budget). The pick afterwards is checked against the measured budget itself.
     """
     from latency_models import get_or_build_profile, predict_policy
-    from search_spaces.baselines import uniform
 
     lat = cfg.latency
     profile = get_or_build_profile(lat.runtime, minutes=lat.profile_minutes, batch=lat.batch, threads=lat.threads,
@@ -417,16 +435,9 @@ def predicted_budget(cfg: HeadlineConfig, space, measurer: Measurer, setting: st
         f"{budget:.3f} ms predicted (= {target_ms:.3f} ms measured)")
     if base is None or predicted <= budget:
         return budget
-    lo, hi, near = 0.02, 1.0, None
-    for _ in range(12):  # predictions only: milliseconds each
-        mid = 0.5 * (lo + hi)
-        policy = with_bits(uniform(base, "channel", mid, shape, model_name=model_name, config=space_cfg,
-                                   align=cfg.uniform_align), space, bits)
-        ms = predict_policy(profile, space, policy).ms
-        if ms <= budget:
-            lo, near = mid, (policy, ms)
-        else:
-            hi = mid
+    make = uniform_channel_maker(base, model_name, shape, space_cfg, space, cfg.uniform_align, bits)
+    near, _ = bisect_uniform_channel(make, lambda policy, _ratio: predict_policy(profile, space, policy).ms,
+                                     budget, iters=12)  # predictions only: milliseconds each
     if near is None:
         return budget
     policy, pred_near = near
@@ -851,8 +862,9 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
     text = doc.read_text() if doc.is_file() else ""
     rel = os.path.relpath(config_path.resolve(), ROOT)
     seeds = {spec.name: spec.seeds for spec in cfg.models}
+    recipes = {spec.name: finetune_recipe(cfg, spec) for spec in cfg.models}
     per_model = "; ".join(f"{spec.name}: {spec.candidates or cfg.candidates} candidates, fine-tune "
-                          f"{finetune_recipe(cfg, spec)[0]:g} epoch(s) at lr {finetune_recipe(cfg, spec)[1]:g}"
+                          f"{recipes[spec.name][0]:g} epoch(s) at lr {recipes[spec.name][1]:g}"
                           for spec in cfg.models)
     body = "\n".join([
         SECTION, "",

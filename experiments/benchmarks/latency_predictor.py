@@ -74,23 +74,25 @@ def random_policy(space: SearchSpace, rng: random.Random):
     return space.decode(choices)
 
 
-def measure_with_references(models, runtime, batch: int, repeats: int | None):
-    """Time `models` as `latency_models.compare` does (same protocol, all interleaved in one timing
-    process) with the profile's reference kernels in the same process; returns the models' estimates
-    and the process's reference time (`latency_models.profile.reference_time`)."""
-    rt = get_runtime(runtime)
+def export_with_references(models, rt, batch: int) -> tuple[list, list[tuple[int, ...]]]:
+    """`models` exported for `rt`, followed by the profile's reference kernels, with their input shapes."""
     example = example_input(INPUT, batch)
-    artifacts = [rt.export(m, example, "fp32") for m in models]
     ref_artifacts, ref_shapes = reference_artifacts(rt, batch)
-    artifacts += ref_artifacts
-    shapes = [tuple(example.shape)] * len(models) + ref_shapes
+    return ([rt.export(m, example, "fp32") for m in models] + ref_artifacts,
+            [tuple(example.shape)] * len(models) + ref_shapes)
+
+
+def measure_with_references(artifacts, shapes, n_models: int, rt, batch: int, repeats: int | None):
+    """Time the exported models and reference kernels (`export_with_references`) as
+    `latency_models.compare` does (same protocol, all interleaved in one timing process); returns the
+    first `n_models` estimates and the process's reference time (`latency_models.profile.reference_time`)."""
     protocol = ({"repeats": DEFAULT_REPEATS, "target_ms": DEFAULT_TARGET_MS} if repeats is None
                 else {"repeats": repeats, "target_ms": 0.0})
     results = run_worker(rt.name, artifacts, shapes, threads=1, warmup=DEFAULT_WARMUP, rounds=DEFAULT_ROUNDS,
                          **protocol)
     estimates = [to_estimate(r, device=device_name(), runtime=rt.name, batch=batch, threads=1, precision="fp32")
-                 for r in results[:len(models)]]
-    refs = [summarize(r["times_ms"])["median"] if "times_ms" in r else None for r in results[len(models):]]
+                 for r in results[:n_models]]
+    refs = [summarize(r["times_ms"])["median"] if "times_ms" in r else None for r in results[n_models:]]
     return estimates, reference_time(refs)
 
 
@@ -128,7 +130,9 @@ def run(runtime: str, batch: int, args) -> dict:
     # speed moves by ~10% between processes / minutes, which timed model by model showed up as whole
     # models mispredicted together
     t0 = time.perf_counter()
-    per_process = [measure_with_references([c[4] for c in cases], rt, batch, args.repeats)
+    rt = get_runtime(rt)
+    artifacts, shapes = export_with_references([c[4] for c in cases], rt, batch)  # once, for every process
+    per_process = [measure_with_references(artifacts, shapes, len(cases), rt, batch, args.repeats)
                    for _ in range(args.processes)]
     measure_s = (time.perf_counter() - t0) / (len(cases) * args.processes)
     # how fast each timing process ran against the profile build's median process (reference kernels
