@@ -43,6 +43,10 @@ READABLE_VERSIONS = (PROFILE_VERSION, STRUCTURED_PROFILE_VERSION, MEDIAN_PROFILE
 STRUCTURED_SAMPLING = "structured-1"
 #: the side-file key of MEDIAN_PROFILE_VERSION samples (never mixed with fastest-decile ones)
 MEDIAN_SAMPLING = "median-3"
+#: the same for int8 profiles whose whole networks are exported as deployed (`Runtime.export_network`);
+#: earlier int8 builds timed onnxruntime networks with a third to two thirds of their convs left in fp32
+#: (cross-validated context fit: 31% of networks within 10%), so their samples and profiles are not reused
+INT8_SAMPLING = "median-3/int8-networks-as-deployed"
 KERNEL_MIX = (("conv", 0.45), ("dwconv", 0.12), ("linear", 0.15), ("eltwise", 0.08), ("pool", 0.04),
               ("norm", 0.04), ("softmax", 0.03), ("matmul", 0.05), ("transpose", 0.04))
 #: MEDIAN_PROFILE_VERSION samples glue ops too (a few suffice: they cost about the same whatever their size)
@@ -131,6 +135,9 @@ class DeviceProfile:
     format_version: int = PROFILE_VERSION
     #: sd of log reference time across the build's timing processes (how much the machine's speed moved)
     speed_spread: float | None = None
+    #: how the samples were taken (`sampling_key`); profiles saved before it was recorded read as their
+    #: version's sampling
+    sampling: str | None = None
 
     @property
     def n_samples(self) -> int:
@@ -220,7 +227,7 @@ class DeviceProfile:
                 "overhead_ms": self.overhead_ms, "calibration": list(self.calibration),
                 "statistic": self.statistic, "preferred_align": self.preferred_align, "align_gain": self.align_gain,
                 "fit_error": self.fit_error, "type_scale": self.type_scale, "context_fit": self.context_fit,
-                "speed_spread": self.speed_spread,
+                "speed_spread": self.speed_spread, "sampling": self.sampling,
                 "samples": [s.to_list() for s in self.samples],
                 "composites": [_composite_row(c) for c in self.composites]}
 
@@ -256,7 +263,8 @@ class DeviceProfile:
                       overhead_ms=float(data["overhead_ms"]), calibration=tuple(data.get("calibration", (1.0, 0.0))),
                       device_url=data.get("device_url"), created=data.get("created", ""),
                       composites=_composites_from(data.get("composites", [])),
-                      format_version=int(data["schema_version"]))
+                      format_version=int(data["schema_version"]),
+                      sampling=data.get("sampling", _SAMPLING_OF_VERSION.get(int(data["schema_version"]))))
         profile.fit()
         return profile
 
@@ -277,7 +285,7 @@ class DeviceProfile:
                 "n_samples": self.n_samples, "overhead_ms": round(self.overhead_ms, 4),
                 "preferred_align": self.preferred_align, "calibration": list(self.calibration),
                 "composites": len(self.composites), "context_fit": self.context_fit,
-                "speed_spread": self.speed_spread,
+                "speed_spread": self.speed_spread, "sampling": self.sampling,
                 "fit_error": {t: {"samples": r["samples"], "cv_within_10pct": r["cv_within_10pct"]}
                               for t, r in self.fit_error.items()}}
 
@@ -457,11 +465,21 @@ def _preferred_align(pred: KernelPredictor) -> tuple[int, dict[str, float]]:
 
 
 # ------------------------------------------------------------------------------ building
+#: the sampling of profiles saved before `DeviceProfile.sampling` was recorded
+_SAMPLING_OF_VERSION = {STRUCTURED_PROFILE_VERSION: STRUCTURED_SAMPLING, MEDIAN_PROFILE_VERSION: MEDIAN_SAMPLING}
+
+
+def sampling_key(runtime: str, precision: str) -> str:
+    """How this release samples a profile of `runtime` at `precision` (side-file rows and cached profiles
+    of another sampling are not reused)."""
+    if structured_runtime(runtime):
+        return STRUCTURED_SAMPLING
+    return INT8_SAMPLING if precision == "int8" else MEDIAN_SAMPLING
+
+
 def _key(runtime: str, batch: int, threads: int, precision: str, fingerprint: str) -> dict[str, Any]:
-    key = {"runtime": runtime, "batch": batch, "threads": threads, "precision": precision,
-           "fingerprint": fingerprint}
-    key["sampling"] = STRUCTURED_SAMPLING if structured_runtime(runtime) else MEDIAN_SAMPLING
-    return key
+    return {"runtime": runtime, "batch": batch, "threads": threads, "precision": precision,
+            "fingerprint": fingerprint, "sampling": sampling_key(runtime, precision)}
 
 
 #: the summary statistics a side file keeps per timed item (raw, baseline not subtracted)
@@ -611,7 +629,7 @@ def measure_networks(rng: random.Random, n: int, *, runtime: str, batch: int, th
     artifacts += ref_artifacts
     shapes += ref_shapes
     for model, shape in nets:
-        artifacts.append(rt.export_kernel(model, torch.randn(batch, *shape), precision))
+        artifacts.append(rt.export_network(model, torch.randn(batch, *shape), precision))
         shapes.append((batch, *shape))
     if device:
         from latency_models.agent import AgentClient
@@ -737,7 +755,7 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
                             precision=precision, versions=info["versions"], fingerprint=fingerprint,
                             samples=samples, overhead_ms=_median(baselines), device_url=device,
                             created=time.strftime("%Y-%m-%dT%H:%M:%S"), composites=composites,
-                            format_version=version)
+                            format_version=version, sampling=key["sampling"])
     return profile.fit()
 
 
@@ -762,12 +780,17 @@ def get_or_build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, 
     if path.is_file():
         try:
             cached = DeviceProfile.load(path)
-            if cached.format_version == current_version(runtime):
+            want = sampling_key(runtime, precision)
+            if cached.format_version == current_version(runtime) and cached.sampling == want:
                 return cached
-            if progress:  # sparse-cpu: random masks only, it cannot know what blocks gain; others: fitted
-                # on the fastest decile, not the median a measurement reports
+            if progress and cached.format_version != current_version(runtime):
+                # sparse-cpu: random masks only, it cannot know what blocks gain; others: fitted on the
+                # fastest decile, not the median a measurement reports
                 progress(f"profile: cached {path} is of version {cached.format_version}, this release builds "
                          f"version {current_version(runtime)} for {runtime}; rebuilding")
+            elif progress:
+                progress(f"profile: cached {path} was sampled as '{cached.sampling}', this release samples "
+                         f"'{want}' (int8: whole networks exported as deployed); rebuilding")
         except ProfileError as exc:
             if progress:
                 progress(f"profile: cached {path} unusable ({exc}); rebuilding")

@@ -35,6 +35,40 @@ def test_measure_in_separate_process_names_everything():
     assert LatencyEstimate.from_dict(est.to_dict()) == est
 
 
+def _executed_ops(artifact: bytes, tmp_path) -> dict[str, int]:
+    """Op counts of the graph onnxruntime runs (after its optimisations) for an ONNX artifact."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(artifact, opts, providers=["CPUExecutionProvider"])
+    return dict(collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node))
+
+
+def test_onnxruntime_times_profile_networks_in_int8_as_the_shipped_model_runs(tmp_path):
+    """A whole network of the profile's context calibration runs the deployed int8 graph (every conv a
+    QLinearConv, the residual adds int8, no quantize / dequantize pairs between layers): the fast quantizer
+    left most of a resnet's convs in fp32."""
+    from automl.models.resnet import CifarResNet
+
+    torch.manual_seed(0)
+    net, x = CifarResNet(8, 1, 10, width=8).eval(), torch.randn(1, 1, 16, 16)
+    rt = get_runtime("onnxruntime")
+    network = _executed_ops(rt.export_network(net, x, "int8"), tmp_path)
+    shipped = _executed_ops(rt.export(net, x, "int8"), tmp_path)
+    assert network.get("Conv", 0) == shipped.get("Conv", 0) == 0
+    assert network["QLinearConv"] == shipped["QLinearConv"] == 9 and network["QLinearAdd"] == shipped["QLinearAdd"]
+    # the head differs a little: dynamo exports the global pool as a float ReduceMean (one more Q/DQ pair)
+    assert network["QuantizeLinear"] <= shipped["QuantizeLinear"] <= 2
+    fast = _executed_ops(rt.export_kernel(net, x, "int8"), tmp_path)  # what the profile timed before
+    assert fast.get("Conv", 0) > 0
+
+
 def test_the_default_protocol_times_each_model_for_a_while():
     """Without target_ms=0 a fast model gets far more than `repeats` calls (about DEFAULT_TARGET_MS of
     timing, up to 50x), spread over DEFAULT_ROUNDS interleaved slices: a slow spell of the shared machine

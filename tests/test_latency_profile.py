@@ -157,6 +157,36 @@ def test_get_or_build_rebuilds_a_cached_profile_of_an_older_version(tmp_path):
     assert json.loads(path.read_text())["statistic"] == "median"
 
 
+def test_get_or_build_rebuilds_an_int8_profile_whose_networks_were_not_timed_as_deployed(tmp_path):
+    """int8 profiles saved before `DeviceProfile.sampling` (their whole networks exported with the fast
+    quantizer, many convs left fp32) read as sampling "median-3" and are rebuilt; the rebuild records its
+    sampling, and fp32 profiles keep theirs."""
+    from latency_models.profile import (
+        INT8_SAMPLING,
+        MEDIAN_SAMPLING,
+        default_profile_path,
+        get_or_build_profile,
+    )
+
+    old = here_profile().to_dict() | {"schema_version": MEDIAN_PROFILE_VERSION, "precision": "int8"}
+    del old["sampling"]
+    path = default_profile_path("onnxruntime", 1, 1, "int8", cache_dir=tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(old))
+    assert DeviceProfile.load(path).sampling == MEDIAN_SAMPLING  # still loads, as what it was
+    messages: list[str] = []
+    again = get_or_build_profile("onnxruntime", minutes=0.001, precision="int8", cache_dir=tmp_path,
+                                 progress=messages.append)
+    assert any("'median-3'" in m and "rebuilding" in m for m in messages)
+    assert again.sampling == INT8_SAMPLING and again.precision == "int8"
+    assert json.loads(path.read_text())["sampling"] == INT8_SAMPLING
+    assert DeviceProfile.load(path).sampling == INT8_SAMPLING
+    messages.clear()  # a profile of the current sampling is reused as it is
+    assert get_or_build_profile("onnxruntime", minutes=0.001, precision="int8", cache_dir=tmp_path,
+                                progress=messages.append).created == again.created
+    assert not any("rebuilding" in m for m in messages)
+
+
 @pytest.fixture(scope="module")
 def wide_profile() -> DeviceProfile:
     """The fixture's conv samples plus synthetic other kernels (fitted once)."""
@@ -374,4 +404,5 @@ def test_profile_versions_and_features_per_runtime(profile, sparse_profile, tmp_
     # measured samples of different samplings never mix in a side file
     assert _key("sparse-cpu", 1, 1, "fp32", "x")["sampling"] == "structured-1"
     assert _key("onnxruntime", 1, 1, "fp32", "x")["sampling"] == "median-3"
+    assert _key("onnxruntime", 1, 1, "int8", "x")["sampling"] == "median-3/int8-networks-as-deployed"
     assert not again.predictor.relative and not profile.predictor.relative

@@ -20,7 +20,8 @@ figures within ±10% of the other processes' median), the ceiling any predictor 
 process's figure would meet. Reports the
 share within ±10% / ±20%, RMSE, Spearman rank correlation, per-model figures and the predictor's cost vs
 the measurement's. onnxruntime models are exported with the TorchScript exporter here (same executed
-kernels as the dynamo export, 100x faster to produce).
+kernels as the dynamo export, 100x faster to produce); `--precisions int8` times and predicts them as
+onnxruntime static int8 (the shipped quantizer, against an int8 profile).
 """
 
 from __future__ import annotations
@@ -74,15 +75,17 @@ def random_policy(space: SearchSpace, rng: random.Random):
     return space.decode(choices)
 
 
-def export_with_references(models, rt, batch: int) -> tuple[list, list[tuple[int, ...]]]:
-    """`models` exported for `rt`, followed by the profile's reference kernels, with their input shapes."""
+def export_with_references(models, rt, batch: int, precision: str = "fp32") -> tuple[list, list[tuple[int, ...]]]:
+    """`models` exported for `rt`, followed by the profile's reference kernels, with their input shapes
+    (both at `precision`, as a profile of that precision times its references)."""
     example = example_input(INPUT, batch)
-    ref_artifacts, ref_shapes = reference_artifacts(rt, batch)
-    return ([rt.export(m, example, "fp32") for m in models] + ref_artifacts,
+    ref_artifacts, ref_shapes = reference_artifacts(rt, batch, precision)
+    return ([rt.export(m, example, precision) for m in models] + ref_artifacts,
             [tuple(example.shape)] * len(models) + ref_shapes)
 
 
-def measure_with_references(artifacts, shapes, n_models: int, rt, batch: int, repeats: int | None):
+def measure_with_references(artifacts, shapes, n_models: int, rt, batch: int, repeats: int | None,
+                            precision: str = "fp32"):
     """Time the exported models and reference kernels (`export_with_references`) as
     `latency_models.compare` does (same protocol, all interleaved in one timing process); returns the
     first `n_models` estimates and the process's reference time (`latency_models.profile.reference_time`)."""
@@ -90,7 +93,8 @@ def measure_with_references(artifacts, shapes, n_models: int, rt, batch: int, re
                 else {"repeats": repeats, "target_ms": 0.0})
     results = run_worker(rt.name, artifacts, shapes, threads=1, warmup=DEFAULT_WARMUP, rounds=DEFAULT_ROUNDS,
                          **protocol)
-    estimates = [to_estimate(r, device=device_name(), runtime=rt.name, batch=batch, threads=1, precision="fp32")
+    estimates = [to_estimate(r, device=device_name(), runtime=rt.name, batch=batch, threads=1,
+                             precision=precision)
                  for r in results[:n_models]]
     refs = [summarize(r["times_ms"])["median"] if "times_ms" in r else None for r in results[n_models:]]
     return estimates, reference_time(refs)
@@ -114,8 +118,8 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def run(runtime: str, batch: int, args) -> dict:
-    profile = get_or_build_profile(runtime, minutes=args.minutes, batch=batch, threads=1,
+def run(runtime: str, batch: int, args, precision: str = "fp32") -> dict:
+    profile = get_or_build_profile(runtime, minutes=args.minutes, batch=batch, threads=1, precision=precision,
                                    cache_dir=args.profile_dir, progress=lambda m: print(m, file=sys.stderr))
     rt = OnnxRuntime(exporter="fast") if runtime == "onnxruntime" else runtime
     rng = random.Random(args.seed)
@@ -131,8 +135,8 @@ def run(runtime: str, batch: int, args) -> dict:
     # models mispredicted together
     t0 = time.perf_counter()
     rt = get_runtime(rt)
-    artifacts, shapes = export_with_references([c[4] for c in cases], rt, batch)  # once, for every process
-    per_process = [measure_with_references(artifacts, shapes, len(cases), rt, batch, args.repeats)
+    artifacts, shapes = export_with_references([c[4] for c in cases], rt, batch, precision)  # once for all
+    per_process = [measure_with_references(artifacts, shapes, len(cases), rt, batch, args.repeats, precision)
                    for _ in range(args.processes)]
     measure_s = (time.perf_counter() - t0) / (len(cases) * args.processes)
     # how fast each timing process ran against the profile build's median process (reference kernels
@@ -162,7 +166,7 @@ def run(runtime: str, batch: int, args) -> dict:
                      "process_rel_dev": [r.ms / statistics.median([o.ms for o in runs[:k] + runs[k + 1:]]) - 1
                                          for k, r in enumerate(runs)] if len(runs) > 1 else []})
     for name in ZOO:
-        print(f"{runtime} b{batch} {name}: " + ", ".join(f"{r['measured_ms']:.3f}/{r['predicted_ms']:.3f}"
+        print(f"{runtime} b{batch} {precision} {name}: " + ", ".join(f"{r['measured_ms']:.3f}/{r['predicted_ms']:.3f}"
                                                        for r in rows if r["model"] == name), file=sys.stderr)
     # the predictor's cost on unseen policies (no memo hits): fresh policies, cleared memo
     fresh_costs = []
@@ -177,7 +181,7 @@ def run(runtime: str, batch: int, args) -> dict:
     err = np.array([r["rel_err"] for r in rows])
     meas = np.array([r["measured_ms"] for r in rows])
     pred = np.array([r["predicted_ms"] for r in rows])
-    return {"runtime": runtime, "batch": batch, "threads": 1, "device": profile.device,
+    return {"runtime": runtime, "batch": batch, "threads": 1, "precision": precision, "device": profile.device,
             "profile_version": profile.format_version, "profile_statistic": profile.statistic,
             "profile_samples": profile.n_samples, "profile_networks": len(profile.composites),
             "profile_speed_spread": profile.speed_spread,
@@ -214,6 +218,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runtimes", nargs="+", default=["onnxruntime", "torch-eager"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32"],
+                    help="whole-model precision (int8: onnxruntime's static QDQ int8, as `automl latency` times it)")
     ap.add_argument("--minutes", type=float, default=3.0, help="profile budget per runtime/batch (if not cached)")
     ap.add_argument("--policies", type=int, default=6, help="random policies per zoo model (plus the dense one)")
     ap.add_argument("--repeats", type=int, default=None,
@@ -230,22 +236,26 @@ def main() -> None:
     torch.set_num_threads(1)
     results = []
     for runtime in args.runtimes:
-        for batch in args.batches:
-            res = run(runtime, batch, args)
-            results.append(res)
-            print(f"{runtime} batch {batch}: {res['within_10pct'] * 100:.0f}% within ±10% of the median "
-                  f"({res['within_20pct'] * 100:.0f}% within ±20%; vs p10 "
-                  f"{res['within_10pct_vs_p10'] * 100:.0f}% within ±10%), RMSE {res['rmse_ms']:.3f} ms "
-                  f"(rel {res['rel_rmse'] * 100:.0f}%), Spearman {res['spearman']:.3f}, n={res['n']}; "
-                  f"predict {res['predict_ms_fresh']:.2f} ms fresh / {res['predict_ms_memo']:.3f} ms memo vs "
-                  f"measure {res['measure_s_per_model']:.2f} s per model; per model "
-                  f"{ {k: round(v, 2) for k, v in res['per_model_within_10pct'].items()} }; this timing process "
-                  f"ran at {_or_nan(res['process_speed']):.3f}x the profile build's reference time "
-                  f"(predictions at that speed: {100 * _or_nan(res['within_10pct_at_process_speed']):.0f}% "
-                  "within ±10%)" + (f"; {args.processes} timing processes: one process's figure within ±10% "
-                                    f"of the others' median {100 * res['process_within_10pct']:.0f}% of the time, "
-                                    f"median spread {100 * res['process_spread_median']:.1f}%"
-                                    if args.processes > 1 else ""), flush=True)
+        if not set(args.precisions) <= set(get_runtime(runtime).precisions):
+            ap.error(f"runtime {runtime} supports {', '.join(get_runtime(runtime).precisions)}, "
+                     f"not all of --precisions {' '.join(args.precisions)}")
+    for runtime, precision, batch in ((r, p, b) for r in args.runtimes for p in args.precisions
+                                      for b in args.batches):
+        res = run(runtime, batch, args, precision)
+        results.append(res)
+        print(f"{runtime} {precision} batch {batch}: {res['within_10pct'] * 100:.0f}% within ±10% of the median "
+              f"({res['within_20pct'] * 100:.0f}% within ±20%; vs p10 "
+              f"{res['within_10pct_vs_p10'] * 100:.0f}% within ±10%), RMSE {res['rmse_ms']:.3f} ms "
+              f"(rel {res['rel_rmse'] * 100:.0f}%), Spearman {res['spearman']:.3f}, n={res['n']}; "
+              f"predict {res['predict_ms_fresh']:.2f} ms fresh / {res['predict_ms_memo']:.3f} ms memo vs "
+              f"measure {res['measure_s_per_model']:.2f} s per model; per model "
+              f"{ {k: round(v, 2) for k, v in res['per_model_within_10pct'].items()} }; this timing process "
+              f"ran at {_or_nan(res['process_speed']):.3f}x the profile build's reference time "
+              f"(predictions at that speed: {100 * _or_nan(res['within_10pct_at_process_speed']):.0f}% "
+              "within ±10%)" + (f"; {args.processes} timing processes: one process's figure within ±10% "
+                                f"of the others' median {100 * res['process_within_10pct']:.0f}% of the time, "
+                                f"median spread {100 * res['process_spread_median']:.1f}%"
+                                if args.processes > 1 else ""), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
 
 

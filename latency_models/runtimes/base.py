@@ -50,7 +50,18 @@ class Runtime(ABC):
         """Export one of the profiler's tiny single-kernel modules (hundreds per profile).
 
         Defaults to `export`; a runtime whose deployment exporter is slow (onnxruntime's dynamo path:
-        ~3 s a model) overrides it with a faster one that yields the same executed kernels.
+        ~3 s a model) overrides it with a faster one that yields the same executed kernel for such a
+        one-kernel module.
+        """
+        return self.export(model, example_input, precision)
+
+    def export_network(self, model: Any, example_input: Any, precision: str = "fp32") -> bytes:
+        """Export one of the profiler's whole random networks (the context calibration, dozens per profile).
+
+        Its executed graph must be the one `export` ships for the same model: the context fit learns how
+        kernels cost inside a network from these. Defaults to `export`; onnxruntime overrides it with its
+        fast exporter plus the shipped int8 quantizer (its fast quantizer left a third to two thirds of a
+        network's convs in fp32, with quantize / dequantize pairs between them).
         """
         return self.export(model, example_input, precision)
 
