@@ -198,3 +198,21 @@ def test_per_model_finetune_override_and_signature(tmp_path):
     assert h.signature(cfg, spec) != h.signature(cfg, spec.model_copy(update={"finetune_lr": 0.05}))
     with pytest.raises(h.ConfigError, match="finetune_lr"):
         h.HeadlineConfig.from_yaml(_config(tmp_path, models=[{"name": "resnet20", "finetune_lr": -1}]))
+
+
+def test_per_setting_uniform_align(tmp_path):
+    """`per_setting.<s>.uniform_align` sets the uniform baseline's kept-channel multiple in that setting
+    only; a setting entry without it keeps the signature it had before the field existed."""
+    h = _headline_module()
+    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path))
+    spec = cfg.models[0]
+    assert h.uniform_align_for(cfg, "fp32") == h.uniform_align_for(cfg, "int8") == cfg.uniform_align
+    fp32_sig = h.setting_signature(cfg, spec, "fp32")
+    extra = {s: v.model_dump() for s, v in cfg.per_setting.items()} | {"int8": {"uniform_align": 16}}
+    tuned = h.HeadlineConfig.from_yaml(_config(tmp_path, per_setting=extra))
+    assert h.uniform_align_for(tuned, "int8") == 16 and h.uniform_align_for(tuned, "fp32") == cfg.uniform_align
+    assert h.setting_signature(tuned, spec, "fp32") == fp32_sig  # None is left out of the signature
+    assert h.setting_signature(tuned, spec, "int8") != h.setting_signature(cfg, spec, "int8")
+    assert "int8: 16" in h.per_setting_text(tuned)
+    with pytest.raises(h.ConfigError, match="uniform_align"):
+        h.HeadlineConfig.from_yaml(_config(tmp_path, per_setting={"int8": {"uniform_align": 0}}))
