@@ -406,3 +406,16 @@ def test_profile_versions_and_features_per_runtime(profile, sparse_profile, tmp_
     assert _key("onnxruntime", 1, 1, "fp32", "x")["sampling"] == "median-3"
     assert _key("onnxruntime", 1, 1, "int8", "x")["sampling"] == "median-3/int8-networks-as-deployed"
     assert not again.predictor.relative and not profile.predictor.relative
+
+
+def test_context_groups_split_depthwise_convs_by_16_and_8():
+    """onnxruntime int8 runs a depthwise conv ~1.7x slower per MAC at 8 mod 16 channels: the context fit
+    gives multiples of 16, other multiples of 8 and the rest their own group (convs split by 8 only)."""
+    from latency_models.kernels import Kernel
+    from latency_models.profile import context_key
+
+    assert [context_key(Kernel("dwconv", (c, 3.0, 1.0, 14.0, 14.0, 1.0))) for c in (64.0, 56.0, 50.0)] == [
+        "dwconv/a16", "dwconv/a8", "dwconv/u"]
+    conv = (3.0, 1.0, 14.0, 14.0, 1.0, 1.0, 1.0, 0.0, 32.0, 32.0)
+    assert context_key(Kernel("conv", (56.0, 64.0, *conv))) == "conv/a8"
+    assert context_key(Kernel("conv", (56.0, 60.0, *conv))) == "conv/u"
