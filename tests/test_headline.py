@@ -38,6 +38,7 @@ def _config(tmp_path: Path, **over) -> Path:
         "proxy_val_images": 40,
         "calib_batches": 1,
         "measure_top_k": 2,
+        "verify_processes": 2,
         "uniform_bisect_steps": 3,
         "latency": {"profile_minutes": 0.1},
         "finetune": {"epochs": 0.1, "calib_batches": 1},
@@ -87,8 +88,10 @@ def test_headline_smoke_end_to_end(tmp_path):
         assert cell["budget_ms"] == pytest.approx(0.7 * dense["latency_ms"])
         assert 0.0 <= cell["test_acc"] <= 1.0 and 0.0 < cell["mac_ratio"] <= 1.0
         # the final interleaved re-measurement, against the dense model timed in the same process
-        assert cell["verified_ms"] > 0
+        # (the median over 2 timing processes of dense / policy timed side by side)
+        assert cell["verified_ms"] > 0 and len(cell["verified_speedups"]) == 2
         assert cell["verified_speedup"] == pytest.approx(cell["verified_dense_ms"] / cell["verified_ms"])
+        assert min(cell["verified_speedups"]) <= cell["verified_speedup"] <= max(cell["verified_speedups"])
     for agent in ("random",):
         cell = cells[f"resnet20/fp32/{agent}/s0"]
         assert cell["candidates"] == 3 and cell["measured_for_pick"] >= 1
@@ -133,8 +136,19 @@ def test_headline_smoke_end_to_end(tmp_path):
     # a second invocation resumes: nothing is recomputed, no new runs
     again = _run([str(config), "--results", str(results), "--tracking-uri", uri])
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "== resnet20" not in again.stderr
+    assert "== resnet20" not in again.stderr and "verifying" not in again.stderr
     assert len(client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")) == 1
+    # --reverify re-measures every kept policy and nothing else
+    before = json.loads(results.read_text())["cells"]
+    third = _run([str(config), "--results", str(results), "--tracking-uri", uri, "--reverify"])
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "--reverify: 5 rows to re-measure" in third.stderr and "verifying 6 models" in third.stderr
+    assert "== resnet20" not in third.stderr
+    after = json.loads(results.read_text())["cells"]
+    for key, cell in after.items():
+        if "policy" in cell:
+            assert len(cell["verified_speedups"]) == 2
+            assert cell["test_acc"] == before[key]["test_acc"] and cell["latency_ms"] == before[key]["latency_ms"]
 
 
 def test_headline_rejects_bad_config(tmp_path):
@@ -216,3 +230,12 @@ def test_per_setting_uniform_align(tmp_path):
     assert "int8: 16" in h.per_setting_text(tuned)
     with pytest.raises(h.ConfigError, match="uniform_align"):
         h.HeadlineConfig.from_yaml(_config(tmp_path, per_setting={"int8": {"uniform_align": 0}}))
+
+
+def test_verify_processes_text_names_each_models_count(tmp_path):
+    h = _headline_module()
+    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path))
+    store = h.ResultStore(tmp_path / "r.json", cfg.model_dump_json())
+    assert h.verify_processes_text(store) == "none yet"
+    store.data["meta"]["verified"] = {"resnet20": {"dense_ms": 0.4, "processes": 3}, "mobilenetv2": {"dense_ms": 0.5}}
+    assert h.verify_processes_text(store) == "resnet20: 3, mobilenetv2: 1"  # before the count was recorded: one
