@@ -747,21 +747,21 @@ def verify_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, measu
     edge: two verifications of the same ResNet-20 cells an hour apart moved single speedups by 1-3%."""
     from automl.policy import CompressionPolicy
 
-    keys = sorted(k for k, c in current_cells(cfg, spec, store).items() if "policy" in c)
-    if not keys:
+    kept = dict(sorted((k, c) for k, c in current_cells(cfg, spec, store).items() if "policy" in c))
+    if not kept:
         return
+    keys = list(kept)
     n = cfg.verify_processes
     log(f"{spec.name}: verifying {len(keys) + 1} models interleaved in each of {n} timing process(es)")
-    items = [(measurer.dense_model(), "fp32")] + [
-        (measurer.export(CompressionPolicy.from_dict(store.get(k)["policy"]), store.get(k)["setting"]),
-         store.get(k)["setting"]) for k in keys]  # exported once for all processes
+    items = [(measurer.dense_model(), "fp32")] + [  # exported once for all processes
+        (measurer.export(CompressionPolicy.from_dict(c["policy"]), c["setting"]), c["setting"]) for c in kept.values()]
     runs = [measurer.time_models(items) for _ in range(n)]
     dense_ms = statistics.median(run[0].ms for run in runs)
     for i, key in enumerate(keys, start=1):
         speedups = [run[0].ms / run[i].ms for run in runs]
         speedup = statistics.median(speedups)
         iqr = statistics.median((run[i].p75_ms or run[i].ms) - (run[i].p25_ms or run[i].ms) for run in runs)
-        cell = dict(store.get(key))
+        cell = dict(kept[key])
         cell.update(verified_ms=dense_ms / speedup, verified_iqr_ms=iqr, verified_dense_ms=dense_ms,
                     verified_speedup=speedup, verified_speedups=speedups)
         store.put(key, cell, cell.get("signature"))
