@@ -223,13 +223,48 @@ def test_per_setting_uniform_align(tmp_path):
     assert h.uniform_align_for(cfg, "fp32") == h.uniform_align_for(cfg, "int8") == cfg.uniform_align
     fp32_sig = h.setting_signature(cfg, spec, "fp32")
     extra = {s: v.model_dump() for s, v in cfg.per_setting.items()} | {"int8": {"uniform_align": 16}}
-    tuned = h.HeadlineConfig.from_yaml(_config(tmp_path, per_setting=extra))
+    tuned = h.HeadlineConfig.from_yaml(_config(tmp_path, per_setting=extra, settings=["fp32", "int8"]))
     assert h.uniform_align_for(tuned, "int8") == 16 and h.uniform_align_for(tuned, "fp32") == cfg.uniform_align
     assert h.setting_signature(tuned, spec, "fp32") == fp32_sig  # None is left out of the signature
     assert h.setting_signature(tuned, spec, "int8") != h.setting_signature(cfg, spec, "int8")
     assert "int8: 16" in h.per_setting_text(tuned)
     with pytest.raises(h.ConfigError, match="uniform_align"):
         h.HeadlineConfig.from_yaml(_config(tmp_path, per_setting={"int8": {"uniform_align": 0}}))
+
+
+def test_per_model_setting_entry_replaces_the_benchmarks(tmp_path):
+    """A model's own `per_setting` entry replaces the benchmark's for that model only: its cells carry the
+    signature that entry gives (the same as a benchmark-level entry equal to it, so moving an entry down to
+    one model keeps that model's finished cells), other models keep the benchmark's entry, and the docs
+    text names which model searched which space."""
+    h = _headline_module()
+    channel = {"space": {"schemes": {"conv3x3": ["channel"], "conv1x1": ["channel"]}, "aligns": [8]},
+               "proxy_finetune_steps": 3}
+    shared = h.HeadlineConfig.from_yaml(_config(tmp_path, per_setting={"int8": {"uniform_align": 16}},
+                                                settings=["fp32", "int8"]))
+    moved = h.HeadlineConfig.from_yaml(_config(
+        tmp_path, settings=["fp32", "int8"], per_setting={"int8": channel},
+        models=[{"name": "resnet20", "train_epochs": 1, "train_limit": 600,
+                 "per_setting": {"int8": {"uniform_align": 16}}},
+                {"name": "mobilenetv2", "train_epochs": 1}]))
+    r20, mnv2 = moved.models
+    assert h.signature(moved, r20) == h.signature(shared, shared.models[0])
+    assert h.setting_signature(moved, r20, "int8") == h.setting_signature(shared, shared.models[0], "int8")
+    assert h.setting_signature(moved, r20, "fp32") == h.signature(moved, r20)  # no fp32 entry anywhere
+    assert h.setting_signature(moved, mnv2, "int8") != h.setting_signature(moved, r20, "int8")
+    assert h.uniform_align_for(moved, "int8", r20) == 16 and h.uniform_align_for(moved, "int8", mnv2) == 8
+    assert h.setting_spec(moved, "int8", r20).proxy_finetune_steps == 0
+    assert h.setting_spec(moved, "int8", mnv2).proxy_finetune_steps == 3
+    assert h.space_options(moved, "int8", mnv2)["aligns"] == [8] and "aligns" not in h.space_options(moved, "int8", r20)
+    assert h.space_options(moved, "int8", mnv2)["weight_bits"] == [8]
+    assert h.proxy_steps_text(moved) == ", then 3 SGD steps (int8 (mobilenetv2))"
+    text = h.per_setting_text(moved)
+    assert 'int8 (mobilenetv2): {' in text and '"conv3x3":["channel"]' in text
+    assert "The standard space (every scheme): fp32; int8 (resnet20)." in text
+    assert "except: int8 (resnet20): 16." in text
+    with pytest.raises(h.ConfigError, match="weight_bits"):
+        h.HeadlineConfig.from_yaml(_config(tmp_path, models=[
+            {"name": "resnet20", "per_setting": {"int8": {"space": {"weight_bits": [4]}}}}]))
 
 
 def test_verify_processes_text_names_each_models_count(tmp_path):

@@ -64,6 +64,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SettingSpec(_Strict):
+    """What one setting (fp32 / int8) changes in the search recipe.
+
+    Why: the best space depends on the runtime's kernels. On onnxruntime (fp32 and int8) only channel
+    pruning aligned to the kernels' multiples buys speed (no sparse kernel), and a proxy of a pruned model
+    without fine-tuning scores near chance, so a setting may want a smaller space and a proxy with a few
+    SGD steps; int8's depthwise kernels also want channel counts in multiples of 16 (the uniform
+    baseline's `uniform_align`).
+    """
+
+    space: dict[str, Any] = Field(default_factory=dict, description="SpaceConfig options over the top-level space")
+    proxy_finetune_steps: int = Field(0, ge=0, description="SGD steps before each proxy accuracy (search "
+                                                           "evaluation.proxy_finetune_steps)")
+    uniform_align: int | None = Field(None, ge=1, description="kept-channel multiple of the uniform baseline "
+                                                              "(and the budget conversion's uniform model) in "
+                                                              "this setting; None: the top-level uniform_align")
+
+    @field_validator("space")
+    @classmethod
+    def _no_bits(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _reject_bits(v)
+
+
 class ModelSpec(_Strict):
     name: str
     train_epochs: int = Field(3, ge=0)
@@ -76,6 +99,9 @@ class ModelSpec(_Strict):
     finetune_lr: float | None = Field(None, gt=0, description="override of finetune.lr for this model")
     settings: list[Literal["fp32", "int8"]] | None = Field(None, min_length=1,
                                                          description="override of the top-level settings")
+    per_setting: dict[Literal["fp32", "int8"], SettingSpec] = Field(
+        default_factory=dict, description="this model's entry for a setting, replacing the benchmark's "
+                                          "`per_setting` entry of that setting for this model")
 
 
 class LatencySpec(_Strict):
@@ -96,29 +122,6 @@ def _reject_bits(space: dict[str, Any]) -> dict[str, Any]:
     if "weight_bits" in space or "act_bits" in space:
         raise ValueError("bit-widths follow the setting (fp32: float, int8: 8-bit); drop weight_bits/act_bits")
     return space
-
-
-class SettingSpec(_Strict):
-    """What one setting (fp32 / int8) changes in the search recipe.
-
-    Why: the best space depends on the runtime's kernels. On onnxruntime fp32 only channel pruning
-    aligned to the kernels' multiples buys speed (no sparse kernel), and a budget that removes ~75% of
-    the MACs leaves a no-fine-tune proxy at chance, so that setting wants a smaller space and a proxy
-    with a few SGD steps; int8 reaches the budget with light pruning and keeps the full space, and its
-    depthwise kernels want channel counts in multiples of 16 (the uniform baseline's `uniform_align`).
-    """
-
-    space: dict[str, Any] = Field(default_factory=dict, description="SpaceConfig options over the top-level space")
-    proxy_finetune_steps: int = Field(0, ge=0, description="SGD steps before each proxy accuracy (search "
-                                                           "evaluation.proxy_finetune_steps)")
-    uniform_align: int | None = Field(None, ge=1, description="kept-channel multiple of the uniform baseline "
-                                                              "(and the budget conversion's uniform model) in "
-                                                              "this setting; None: the top-level uniform_align")
-
-    @field_validator("space")
-    @classmethod
-    def _no_bits(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _reject_bits(v)
 
 
 class HeadlineConfig(_Strict):
@@ -192,7 +195,7 @@ def signature(cfg: HeadlineConfig, spec: ModelSpec) -> str:
     relevant = cfg.model_dump(mode="json", include={"dataset", "budget_ratio", "candidates", "proxy_val_images",
                                                     "calib_batches", "measure_top_k", "uniform_align", "space",
                                                     "latency", "finetune", "agent_options"})
-    relevant["model"] = spec.model_dump(mode="json", exclude={"seeds", "settings"})
+    relevant["model"] = spec.model_dump(mode="json", exclude={"seeds", "settings", "per_setting"})
     if relevant["model"].get("finetune_lr") is None:  # a model without the override keeps its finished cells
         relevant["model"].pop("finetune_lr", None)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -204,7 +207,7 @@ def setting_signature(cfg: HeadlineConfig, spec: ModelSpec, setting: str) -> str
     import hashlib
 
     base = signature(cfg, spec)
-    override = cfg.per_setting.get(setting)
+    override = spec.per_setting.get(setting, cfg.per_setting.get(setting))
     if override is None:
         return base
     extra = json.dumps(override.model_dump(mode="json", exclude_none=True), sort_keys=True)
@@ -261,20 +264,23 @@ def model_settings(cfg: HeadlineConfig, spec: ModelSpec) -> list[str]:
     return spec.settings or cfg.settings
 
 
-def space_options(cfg: HeadlineConfig, setting: str) -> dict[str, Any]:
+def space_options(cfg: HeadlineConfig, setting: str, spec: ModelSpec | None = None) -> dict[str, Any]:
     bits = [None] if setting == "fp32" else [8]
-    return {**cfg.space, **setting_spec(cfg, setting).space, "weight_bits": bits, "act_bits": bits}
+    return {**cfg.space, **setting_spec(cfg, setting, spec).space, "weight_bits": bits, "act_bits": bits}
 
 
-def setting_spec(cfg: HeadlineConfig, setting: str) -> SettingSpec:
-    """The setting's `per_setting` entry, or the empty one (no changes) when it has none."""
+def setting_spec(cfg: HeadlineConfig, setting: str, spec: ModelSpec | None = None) -> SettingSpec:
+    """The setting's `per_setting` entry for `spec` (the model's own entry, else the benchmark's), or the
+    empty one (no changes) when there is none."""
+    if spec is not None and setting in spec.per_setting:
+        return spec.per_setting[setting]
     return cfg.per_setting.get(setting) or SettingSpec()
 
 
-def uniform_align_for(cfg: HeadlineConfig, setting: str) -> int:
+def uniform_align_for(cfg: HeadlineConfig, setting: str, spec: ModelSpec | None = None) -> int:
     """The uniform baseline's kept-channel multiple in `setting`: its `per_setting` override, else the
     benchmark's (int8 on onnxruntime here wants 16: its depthwise convs run ~1.7x slower per MAC at 8 mod 16)."""
-    override = setting_spec(cfg, setting).uniform_align
+    override = setting_spec(cfg, setting, spec).uniform_align
     return override if override is not None else cfg.uniform_align
 
 
@@ -427,7 +433,7 @@ def uniform_channel_at_latency(base, model_name: str, shape, space_cfg, measurer
 
 def predicted_budget(cfg: HeadlineConfig, space, measurer: Measurer, setting: str, bits: int | None,
                      target_ms: float, base=None, model_name: str | None = None, shape=None,
-                     space_cfg=None) -> float:
+                     space_cfg=None, spec: ModelSpec | None = None) -> float:
     """The measured budget on the setting's predicted-latency scale, for the agents' in-loop costs.
 
     A device profile can be off by a roughly constant factor on a whole model (see the latency section of
@@ -452,7 +458,8 @@ def predicted_budget(cfg: HeadlineConfig, space, measurer: Measurer, setting: st
         f"{budget:.3f} ms predicted (= {target_ms:.3f} ms measured)")
     if base is None or predicted <= budget:
         return budget
-    make = uniform_channel_maker(base, model_name, shape, space_cfg, space, uniform_align_for(cfg, setting), bits)
+    make = uniform_channel_maker(base, model_name, shape, space_cfg, space, uniform_align_for(cfg, setting, spec),
+                                bits)
     near, _ = bisect_uniform_channel(make, lambda policy, _ratio: predict_policy(profile, space, policy).ms,
                                      budget, iters=12)  # predictions only: milliseconds each
     if near is None:
@@ -619,14 +626,14 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
     for setting in model_settings(cfg, spec):
         sig = setting_signature(cfg, spec, setting)
         bits = None if setting == "fp32" else 8
-        space_cfg = SpaceConfig.from_dict(space_options(cfg, setting))
+        space_cfg = SpaceConfig.from_dict(space_options(cfg, setting, spec))
         space = SearchSpace.from_model(base, spec.name, shape, space_cfg)
         # the in-loop budget is fixed once per model and setting (re-deriving it in a resumed run would
         # give later agents a different yardstick: the dense measurement it comes from is noisy)
         budget_key = f"{spec.name}/budget/{setting}"
         if store.get(budget_key, sig) is None:
             value = predicted_budget(cfg, space, measurer, setting, bits, target_ms, base=base,
-                                     model_name=spec.name, shape=shape, space_cfg=space_cfg)
+                                     model_name=spec.name, shape=shape, space_cfg=space_cfg, spec=spec)
             store.put(budget_key, {"budget_predicted_ms": value, "budget_ms": target_ms}, sig)
         budget_pred_ms = store.get(budget_key, sig)["budget_predicted_ms"]
 
@@ -667,13 +674,13 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                     "model": {"name": spec.name, "checkpoint": str(ckpt.path)},
                     "dataset": ds.model_dump(),
                     "agent": {"name": agent, "options": cfg.agent_options.get(agent, {}), "seed": seed},
-                    "space": space_options(cfg, setting),
+                    "space": space_options(cfg, setting, spec),
                     "budget": {"max_latency_ms": budget_pred_ms},
                     "latency": {"runtime": cfg.latency.runtime, "batch": cfg.latency.batch,
                                 "threads": cfg.latency.threads, "precision": setting,
                                 "profile_minutes": cfg.latency.profile_minutes, "measure_top_k": 0},
                     "evaluation": {"proxy_val_images": cfg.proxy_val_images, "calib_batches": cfg.calib_batches,
-                                   "proxy_finetune_steps": setting_spec(cfg, setting).proxy_finetune_steps,
+                                   "proxy_finetune_steps": setting_spec(cfg, setting, spec).proxy_finetune_steps,
                                    "finetune_top_k": 0},
                     "candidates": n_candidates, "seed": 0,
                     "ray": cfg.ray.model_dump(), "tracking": cfg.tracking.model_dump(),
@@ -719,7 +726,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                 elif baseline == "uniform_channel":
                     policy, ms, within = uniform_channel_at_latency(base, spec.name, shape, space_cfg, measurer,
                                                                     setting, target_ms,
-                                                                    uniform_align_for(cfg, setting), bits,
+                                                                    uniform_align_for(cfg, setting, spec), bits,
                                                                     iters=cfg.uniform_bisect_steps)
                 else:
                     policy = with_bits(global_magnitude(base, cfg.budget_ratio, shape, model_name=spec.name),
@@ -878,24 +885,53 @@ def compute_minutes(cfg: HeadlineConfig, store: ResultStore) -> str:
     return ", ".join(parts)
 
 
+def setting_specs(cfg: HeadlineConfig) -> list[tuple[str, SettingSpec]]:
+    """Each setting's effective `per_setting` entry, labelled "int8" when every model that runs the setting
+    has the same one, else "int8 (resnet20)" per group of models sharing one."""
+    out: list[tuple[str, SettingSpec]] = []
+    for setting in ("fp32", "int8"):
+        groups: dict[str, tuple[list[str], SettingSpec]] = {}
+        for m in cfg.models:
+            if setting in (m.settings or cfg.settings):
+                entry = setting_spec(cfg, setting, m)
+                groups.setdefault(entry.model_dump_json(), ([], entry))[0].append(m.name)
+        if len(groups) == 1:
+            out.append((setting, next(iter(groups.values()))[1]))
+        else:
+            out.extend((f"{setting} ({', '.join(names)})", entry) for names, entry in groups.values())
+    return out
+
+
+def _grouped(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """[("fp32", x), ("int8", x)] -> [("fp32, int8", x)]: labels of equal values joined, in first-seen order."""
+    joined: dict[str, tuple[list[str], Any]] = {}
+    for label, value in pairs:
+        joined.setdefault(json.dumps(value, sort_keys=True), ([], value))[0].append(label)
+    return [("; ".join(labels), value) for labels, value in joined.values()]
+
+
 def proxy_steps_text(cfg: HeadlineConfig) -> str:
     """", then N SGD steps (fp32)" for the settings whose proxy trains briefly; "" when none does."""
-    steps = {s: spec.proxy_finetune_steps for s, spec in cfg.per_setting.items() if spec.proxy_finetune_steps}
-    return "".join(f", then {n} SGD steps ({s})" for s, n in steps.items())
+    steps = [(label, e.proxy_finetune_steps) for label, e in setting_specs(cfg) if e.proxy_finetune_steps]
+    return "".join(f", then {n} SGD steps ({labels})" for labels, n in _grouped(steps))
 
 
 def per_setting_text(cfg: HeadlineConfig) -> str:
     """Sentences naming the space and the uniform baseline's align each setting changes (config
-    `per_setting`); "" when none does."""
-    spaces = {s: spec.space for s, spec in cfg.per_setting.items() if spec.space}
-    aligns = {s: spec.uniform_align for s, spec in cfg.per_setting.items() if spec.uniform_align is not None}
+    `per_setting`, a model's own `per_setting` where it has one); "" when none does."""
+    specs = setting_specs(cfg)
+    spaces = _grouped([(label, e.space) for label, e in specs if e.space])
+    aligns = _grouped([(label, e.uniform_align) for label, e in specs if e.uniform_align is not None])
+    standard = [label for label, e in specs if not e.space]
     text = ""
     if spaces:
         text += " Per-setting search space (config `per_setting`, over the standard space): " + "; ".join(
-            f"{s}: {json.dumps(space, separators=(',', ':'))}" for s, space in spaces.items()) + "."
+            f"{labels}: {json.dumps(space, separators=(',', ':'))}" for labels, space in spaces) + "."
+        if standard:
+            text += " The standard space (every scheme): " + "; ".join(standard) + "."
     if aligns:
         text += (f" Uniform channel pruning rounds kept channels to {cfg.uniform_align}, except: "
-                 + "; ".join(f"{s}: {a}" for s, a in aligns.items()) + ".")
+                 + "; ".join(f"{labels}: {a}" for labels, a in aligns) + ".")
     return text
 
 
@@ -1014,7 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
             info = dataset_info(cfg.dataset.name)
             shape = (info.in_channels, info.image_size, info.image_size)
             spaces[spec.name] = SearchSpace.from_model(model, spec.name, shape,
-                                                       SpaceConfig.from_dict(space_options(cfg, "fp32")))
+                                                       SpaceConfig.from_dict(space_options(cfg, "fp32", spec)))
     table = render(cfg, store)
     print(table)
     if bench is not None:
