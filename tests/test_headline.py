@@ -262,6 +262,8 @@ def test_per_model_setting_entry_replaces_the_benchmarks(tmp_path):
     assert 'int8 (mobilenetv2): {' in text and '"conv3x3":["channel"]' in text
     assert "The standard space (every scheme): fp32; int8 (resnet20)." in text
     assert "except: int8 (resnet20): 16." in text
+    both = moved.model_copy(update={"per_setting": {"int8": h.SettingSpec(uniform_align=16, **channel)}})
+    assert "except: int8: 16." in h.per_setting_text(both)  # the same value for every model: one label
     with pytest.raises(h.ConfigError, match="weight_bits"):
         h.HeadlineConfig.from_yaml(_config(tmp_path, models=[
             {"name": "resnet20", "per_setting": {"int8": {"space": {"weight_bits": [4]}}}}]))

@@ -885,25 +885,25 @@ def compute_minutes(cfg: HeadlineConfig, store: ResultStore) -> str:
     return ", ".join(parts)
 
 
-def setting_specs(cfg: HeadlineConfig) -> list[tuple[str, SettingSpec]]:
-    """Each setting's effective `per_setting` entry, labelled "int8" when every model that runs the setting
-    has the same one, else "int8 (resnet20)" per group of models sharing one."""
-    out: list[tuple[str, SettingSpec]] = []
+def setting_values(cfg: HeadlineConfig, field: str) -> list[tuple[str, Any]]:
+    """One field of each setting's effective `per_setting` entry, labelled "int8" when every model that runs
+    the setting has the same value, else "int8 (resnet20)" per group of models sharing one."""
+    out: list[tuple[str, Any]] = []
     for setting in ("fp32", "int8"):
-        groups: dict[str, tuple[list[str], SettingSpec]] = {}
+        groups: dict[str, tuple[list[str], Any]] = {}
         for m in cfg.models:
             if setting in (m.settings or cfg.settings):
-                entry = setting_spec(cfg, setting, m)
-                groups.setdefault(entry.model_dump_json(), ([], entry))[0].append(m.name)
+                value = getattr(setting_spec(cfg, setting, m), field)
+                groups.setdefault(json.dumps(value, sort_keys=True), ([], value))[0].append(m.name)
         if len(groups) == 1:
             out.append((setting, next(iter(groups.values()))[1]))
         else:
-            out.extend((f"{setting} ({', '.join(names)})", entry) for names, entry in groups.values())
+            out.extend((f"{setting} ({', '.join(names)})", value) for names, value in groups.values())
     return out
 
 
 def _grouped(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """[("fp32", x), ("int8", x)] -> [("fp32, int8", x)]: labels of equal values joined, in first-seen order."""
+    """[("fp32", x), ("int8", x)] -> [("fp32; int8", x)]: labels of equal values joined, in first-seen order."""
     joined: dict[str, tuple[list[str], Any]] = {}
     for label, value in pairs:
         joined.setdefault(json.dumps(value, sort_keys=True), ([], value))[0].append(label)
@@ -912,17 +912,17 @@ def _grouped(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 def proxy_steps_text(cfg: HeadlineConfig) -> str:
     """", then N SGD steps (fp32)" for the settings whose proxy trains briefly; "" when none does."""
-    steps = [(label, e.proxy_finetune_steps) for label, e in setting_specs(cfg) if e.proxy_finetune_steps]
+    steps = [(label, n) for label, n in setting_values(cfg, "proxy_finetune_steps") if n]
     return "".join(f", then {n} SGD steps ({labels})" for labels, n in _grouped(steps))
 
 
 def per_setting_text(cfg: HeadlineConfig) -> str:
     """Sentences naming the space and the uniform baseline's align each setting changes (config
     `per_setting`, a model's own `per_setting` where it has one); "" when none does."""
-    specs = setting_specs(cfg)
-    spaces = _grouped([(label, e.space) for label, e in specs if e.space])
-    aligns = _grouped([(label, e.uniform_align) for label, e in specs if e.uniform_align is not None])
-    standard = [label for label, e in specs if not e.space]
+    space_of = setting_values(cfg, "space")
+    spaces = _grouped([(label, space) for label, space in space_of if space])
+    aligns = _grouped([(label, a) for label, a in setting_values(cfg, "uniform_align") if a is not None])
+    standard = [label for label, space in space_of if not space]
     text = ""
     if spaces:
         text += " Per-setting search space (config `per_setting`, over the standard space): " + "; ".join(
