@@ -207,7 +207,7 @@ def setting_signature(cfg: HeadlineConfig, spec: ModelSpec, setting: str) -> str
     import hashlib
 
     base = signature(cfg, spec)
-    override = spec.per_setting.get(setting, cfg.per_setting.get(setting))
+    override = setting_entry(cfg, setting, spec)
     if override is None:
         return base
     extra = json.dumps(override.model_dump(mode="json", exclude_none=True), sort_keys=True)
@@ -269,12 +269,16 @@ def space_options(cfg: HeadlineConfig, setting: str, spec: ModelSpec | None = No
     return {**cfg.space, **setting_spec(cfg, setting, spec).space, "weight_bits": bits, "act_bits": bits}
 
 
-def setting_spec(cfg: HeadlineConfig, setting: str, spec: ModelSpec | None = None) -> SettingSpec:
-    """The setting's `per_setting` entry for `spec` (the model's own entry, else the benchmark's), or the
-    empty one (no changes) when there is none."""
+def setting_entry(cfg: HeadlineConfig, setting: str, spec: ModelSpec | None = None) -> SettingSpec | None:
+    """The setting's `per_setting` entry for `spec`: the model's own entry, else the benchmark's, else None."""
     if spec is not None and setting in spec.per_setting:
         return spec.per_setting[setting]
-    return cfg.per_setting.get(setting) or SettingSpec()
+    return cfg.per_setting.get(setting)
+
+
+def setting_spec(cfg: HeadlineConfig, setting: str, spec: ModelSpec | None = None) -> SettingSpec:
+    """The setting's `per_setting` entry for `spec`, or the empty one (no changes) when there is none."""
+    return setting_entry(cfg, setting, spec) or SettingSpec()
 
 
 def uniform_align_for(cfg: HeadlineConfig, setting: str, spec: ModelSpec | None = None) -> int:
@@ -890,24 +894,21 @@ def setting_values(cfg: HeadlineConfig, field: str) -> list[tuple[str, Any]]:
     the setting has the same value, else "int8 (resnet20)" per group of models sharing one."""
     out: list[tuple[str, Any]] = []
     for setting in ("fp32", "int8"):
-        groups: dict[str, tuple[list[str], Any]] = {}
-        for m in cfg.models:
-            if setting in (m.settings or cfg.settings):
-                value = getattr(setting_spec(cfg, setting, m), field)
-                groups.setdefault(json.dumps(value, sort_keys=True), ([], value))[0].append(m.name)
+        groups = _grouped([(m.name, getattr(setting_spec(cfg, setting, m), field)) for m in cfg.models
+                           if setting in model_settings(cfg, m)], sep=", ")
         if len(groups) == 1:
-            out.append((setting, next(iter(groups.values()))[1]))
+            out.append((setting, groups[0][1]))
         else:
-            out.extend((f"{setting} ({', '.join(names)})", value) for names, value in groups.values())
+            out.extend((f"{setting} ({names})", value) for names, value in groups)
     return out
 
 
-def _grouped(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+def _grouped(pairs: list[tuple[str, Any]], sep: str = "; ") -> list[tuple[str, Any]]:
     """[("fp32", x), ("int8", x)] -> [("fp32; int8", x)]: labels of equal values joined, in first-seen order."""
     joined: dict[str, tuple[list[str], Any]] = {}
     for label, value in pairs:
         joined.setdefault(json.dumps(value, sort_keys=True), ([], value))[0].append(label)
-    return [("; ".join(labels), value) for labels, value in joined.values()]
+    return [(sep.join(labels), value) for labels, value in joined.values()]
 
 
 def proxy_steps_text(cfg: HeadlineConfig) -> str:
