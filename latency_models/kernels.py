@@ -149,9 +149,10 @@ def _storage(t: torch.Tensor) -> int:
 
 
 class _Tracer(TorchFunctionMode):
-    def __init__(self, names: dict[int, str]):
+    def __init__(self, names: dict[int, str], heads: dict[str, int] | None = None):
         super().__init__()
         self.names = names
+        self.heads = heads or {}  # layer name -> heads of the attention whose q/k/v it is
         self.kernels: list[dict[str, Any]] = []
         self.meta: dict[int, _Meta] = {}
         self.last: dict[int, int] = {}  # id(output tensor) -> index of the kernel that produced it
@@ -241,15 +242,25 @@ class _Tracer(TorchFunctionMode):
             ma, mb = self._m(a), self._m(b)
             batch = a.numel() // (a.shape[-1] * a.shape[-2]) // a.shape[0] if a.dim() > 2 else 1
             scaled, owner = [], None
+            # whole heads pruned: the batch (heads) dims carry the owner's channels, the matmul runs
+            # on fewer heads of the same size (and so do the softmax and scaling of its scores)
+            on_heads = [mm for mm, t in ((ma, a), (mb, b)) if mm.owner and t.dim() > 2 and mm.cdim is not None
+                        and -t.dim() <= mm.cdim < -2]
+            if on_heads:
+                scaled.append(0)
+                owner = on_heads[-1].owner
             if ma.owner and ma.cdim == -1:
                 scaled.append(2)
-                owner = ma.owner
+                owner = owner or ma.owner
             if mb.owner and mb.cdim == -1:
                 scaled.append(3)
                 owner = owner or mb.owner
             self.kernels.append({"type": "matmul", "p": [batch, a.shape[-2], a.shape[-1], b.shape[-1]],
                                  "owner": owner, "scaled": tuple(scaled)})
-            self._set(out, _Meta(mb.owner, -1) if 3 in scaled else _Meta(None, None), None)
+            if on_heads:
+                self._set(out, _Meta(owner, on_heads[-1].cdim), None)
+            else:
+                self._set(out, _Meta(mb.owner, -1) if 3 in scaled else _Meta(None, None), None)
         elif func in _TRANSPOSE:
             m = self._m(x)
             nd = x.dim()
@@ -274,7 +285,13 @@ class _Tracer(TorchFunctionMode):
             m = self._m(x)
             cd = m.cdim
             if isinstance(out, torch.Tensor) and cd is not None:
-                if cd == -1 and out.dim() > 0 and x.shape[-1] % out.shape[-1] == 0:
+                heads = self.heads.get(m.owner or "")
+                if (cd == -1 and heads and out.dim() >= 2 and out.shape[-2] == heads
+                        and out.shape[-2] * out.shape[-1] == x.shape[-1]):
+                    cd = -2  # split into whole heads: the heads dim carries the pruned channels
+                elif cd == -2 and out.dim() > 0 and x.dim() >= 2 and out.shape[-1] == x.shape[-2] * x.shape[-1]:
+                    cd = -1  # whole heads merged back into channels
+                elif cd == -1 and out.dim() > 0 and x.shape[-1] % out.shape[-1] == 0:
                     cd = -1  # splitting or keeping the channel dim last (heads)
                 elif cd == -3 and out.dim() == 2:
                     cd = -1  # flatten(N, C, 1, 1) -> (N, C)
@@ -315,6 +332,23 @@ class _Tracer(TorchFunctionMode):
         self._set(out, m, len(self.kernels) - 1)
 
 
+def attention_heads(model: nn.Module) -> dict[str, int]:
+    """Linear layers whose parent module has `heads` (an attention's q/k/v/proj) -> its heads.
+
+    The channel engine prunes such projections in whole heads (`search_spaces.channel`), so the
+    tracer follows their channels into the heads dim once the output is split into heads: a
+    pruned attention runs its score matmuls and softmax on fewer heads, not on narrower ones.
+    """
+    out = {}
+    for name, m in model.named_modules():
+        heads = getattr(m, "heads", None)
+        if isinstance(heads, int) and heads > 0:
+            for child, sub in m.named_children():
+                if isinstance(sub, nn.Linear):
+                    out[f"{name}.{child}" if name else child] = heads
+    return out
+
+
 @torch.no_grad()
 def trace_kernels(model: nn.Module, input_shape: Sequence[int]) -> list[Kernel]:
     """The kernels of one forward pass of `model` on one sample of `input_shape` (C, H, W), in order."""
@@ -322,7 +356,7 @@ def trace_kernels(model: nn.Module, input_shape: Sequence[int]) -> list[Kernel]:
              if isinstance(m, (nn.Conv2d, nn.Linear)) and getattr(m, "weight", None) is not None}
     was_training = model.training
     model.eval()
-    tracer = _Tracer(names)
+    tracer = _Tracer(names, attention_heads(model))
     x = torch.zeros(1, *input_shape)
     try:
         with tracer:

@@ -120,6 +120,29 @@ def test_glue_kernels_follow_pruned_channels():
     assert sum(k.params[0] for k in pruned) < sum(k.params[0] for k in dense)  # the q/k/v head splits shrink
 
 
+def test_pruned_heads_shrink_the_attention_kernels_as_in_the_pruned_model():
+    """q/k/v are pruned in whole heads: the derived score matmuls and softmax run on fewer heads of the
+    same size, exactly as tracing the physically pruned model shows (they were derived as 4 narrower
+    heads with an unpruned softmax, and vit_tiny policies were predicted up to 20% slow)."""
+    import torch
+
+    from automl.policy import LayerDecision
+    from search_spaces import SearchSpace, apply_policy
+
+    model = build_model("vit_tiny", 1, 10, 28).eval()
+    space = SearchSpace.from_model(model, "vit_tiny", (1, 28, 28))
+    policy = space.dense_policy().with_layer("blocks.0.attn.q", LayerDecision("channel", sparsity=0.5))
+    policy = policy.with_layer("blocks.2.attn.k", LayerDecision("channel", sparsity=0.25))
+    derived = compressed_kernels(skeleton(model, (1, 28, 28)), space.compressed_layers(policy))
+    traced = kernels_for_model(apply_policy(model, policy, torch.zeros(1, 1, 28, 28)).model, (1, 28, 28))
+    attention = ("matmul", "softmax", "eltwise", "transpose", "glue")
+    assert [(k.type, k.params) for k in derived if k.type in attention] == \
+        [(k.type, k.params) for k in traced if k.type in attention]
+    matmuls = [k.params for k in derived if k.type == "matmul"]
+    assert matmuls[0] == (2.0, 50.0, 16.0, 50.0) and matmuls[4] == (3.0, 50.0, 16.0, 50.0)  # heads 4 -> 2, 3
+    assert [k.params[0] for k in derived if k.type == "softmax"] == [5000.0, 10000.0, 7500.0, 10000.0]
+
+
 def test_relative_predictor_extrapolates_past_the_samples(stored):
     """Trees are flat outside the sampled range; relative to a linear cost the prediction keeps growing."""
     samples = [Sample.from_list(r) for r in stored["samples"]]
