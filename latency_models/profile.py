@@ -196,8 +196,12 @@ class DeviceProfile:
             ms, std = ms * scale, std * scale
         total = float(ms.sum())
         call_ms = self.context_fit.get("call_ms") or {}
-        if call_ms:
-            total = max(0.5 * total, total + sum(call_ms.get(context_key(k), 0.0) for k in kernels))
+        io_ms = self.context_fit.get("io_ms_per_melem") or {}
+        if call_ms or io_ms:
+            extra = sum(call_ms.get(context_key(k), 0.0) for k in kernels)
+            if io_ms:
+                extra += sum(io_ms.get(context_key(k), 0.0) * io_melems(k) for k in kernels)
+            total = max(0.5 * total, total + extra)
         cold = float(self.context_fit.get("cold_ms_per_mb", 0.0))
         if cold and self.context_fit.get("cache_mb") is not None:
             total += cold * cold_weight_mb(kernels, float(self.context_fit["cache_mb"]),
@@ -327,6 +331,34 @@ CONTEXT_MIN_COLD = 8
 COLD_FORMS = ("beyond", "spilled")
 
 
+#: which kernel families get a term per element of activation traffic (`io_melems`), picked by
+#: cross-validation with the cache size: none, the convs (onnxruntime's layout reorders), every type
+CONTEXT_IO_SETS = {"none": (), "convs": ("conv", "dwconv"), "all": None}
+#: a larger io set is taken only when its cross-validated relative RMSE is lower by this much (0.2
+#: points; the onnxruntime b1 profile here: 6.73% none, 6.66% convs, 6.34% all)
+CONTEXT_IO_MARGIN = 0.002
+
+
+def io_melems(k: Kernel) -> float:
+    """Millions of activation elements a kernel reads and writes (input + output, per sample).
+
+    Timed alone, a conv of onnxruntime's blocked layout pays a reorder of its input and output;
+    in a chain of such convs the layout is kept, so the saving grows with the activations, not with
+    the MACs: one scale per kernel type over-corrected the small, weight-heavy 7x7 convs of the
+    zoo's last stages and under-corrected the 28x28 ones.
+    """
+    p = k.params
+    if k.type == "conv":
+        return (p[0] * p[4] * p[5] + p[1] * math.ceil(p[4] / p[3]) * math.ceil(p[5] / p[3])) / 1e6
+    if k.type == "dwconv":
+        return p[0] * (p[3] * p[4] + math.ceil(p[3] / p[2]) * math.ceil(p[4] / p[2])) / 1e6
+    if k.type == "linear":
+        return p[0] * (p[1] + p[2]) / 1e6
+    if k.type == "matmul":
+        return p[0] * (p[1] * p[2] + p[2] * p[3] + p[1] * p[3]) / 1e6
+    return p[0] / 1e6  # the other types' first parameter is their elements
+
+
 def cold_weight_mb(kernels: Sequence[Kernel], cache_mb: float, form: str = "beyond") -> float:
     """MiB of a network's weights that are read from farther away than in the kernel samples.
 
@@ -349,34 +381,36 @@ def _cold_mb(sizes: Sequence[float], cache_mb: float, form: str) -> float:
     return max(0.0, total - cache_mb)
 
 
-def _context_design(profile: DeviceProfile) -> tuple[list[str], Any, Any, Any, list[list[Kernel]]]:
-    """Per network: predicted ms summed per context key, its kernel count per context key, measured ms
-    (minus the overhead) and its kernels."""
+def _context_design(profile: DeviceProfile) -> tuple[list[str], Any, Any, Any, Any, list[list[Kernel]]]:
+    """Per network: predicted ms summed per context key, its kernel count and activation traffic
+    (`io_melems`) per context key, measured ms (minus the overhead) and its kernels."""
     import numpy as np
 
     composites = profile.fit_composites()
     types = sorted({context_key(k) for ks, _ in composites for k in ks})
     col = {t: i for i, t in enumerate(types)}
-    rows, counts, ys, kept = [], [], [], []
+    rows, counts, ios, ys, kept = [], [], [], [], []
     for ks, ms in composites:
         y = ms - profile.overhead_ms
         if y <= 0:
             continue
         pred, _ = profile.predictor.predict_kernels(ks)
-        row, count = np.zeros(len(types)), np.zeros(len(types))
+        row, count, io = np.zeros(len(types)), np.zeros(len(types)), np.zeros(len(types))
         for p, k in zip(pred, ks, strict=True):
             row[col[context_key(k)]] += p
             count[col[context_key(k)]] += 1
+            io[col[context_key(k)]] += io_melems(k)
         rows.append(row)
         counts.append(count)
+        ios.append(io)
         ys.append(y)
         kept.append(ks)
-    return types, np.array(rows), np.array(counts), np.array(ys), kept
+    return types, np.array(rows), np.array(counts), np.array(ios), np.array(ys), kept
 
 
 def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, Any]]:
-    """Per-kernel-type scale factors, per-kernel-type call costs and a cold-weights term so that
-    overhead + sum_t(scale_t * kernels_t) + sum_t(call_ms_t * count_t)
+    """Per-kernel-type scale factors, call costs and activation-traffic costs and a cold-weights term
+    so that overhead + sum_t(scale_t * kernels_t) + sum_t(call_ms_t * count_t) + sum_t(io_ms_t * io_t)
     + cold_ms_per_mb * cold_weight_mb(kernels, cache_mb, cold_form) matches whole networks.
 
     Kernels in a network cost more or less than alone (another layout between them, the framework's
@@ -384,34 +418,45 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
     the number of its calls rather than with their sizes: torch eager dispatches every op (a pool or an
     add costs its dispatch, whatever its size), onnxruntime reorders layouts around some nodes; one
     shared per-kernel term (the earlier fit) mispredicted vgg8 by 12-22% in torch eager, whose pools and
-    linears pay other per-call costs than its convs. Relative least squares, ridge-regularised towards
-    scale 1 and no extra terms (a type the networks barely exercise keeps its isolated prediction), the
-    ridge strength, cache size and cold-weights form picked by 5-fold cross-validation; scales clipped
-    to [0.25, 4], the cold-weights cost to >= 0. The report holds the cross-validated error of the
-    chosen fit (`cv_within_10pct`, `cv_rel_rmse`), `call_ms` per type, `per_kernel_ms` (the networks'
-    median call cost per kernel, glue excluded), `cold_ms_per_mb`, `cache_mb` and `cold_form`.
+    linears pay other per-call costs than its convs. A type's io cost carries what scales with its
+    activations (`io_melems`): the layout reorders an isolated conv pays and a chain of convs does not
+    (one scale per type over-corrected small-image, weight-heavy convs and under-corrected the large
+    images); which types get one (`CONTEXT_IO_SETS`) is picked with the cache size. Relative least
+    squares, ridge-regularised towards scale 1 and no extra terms (a type the networks barely exercise
+    keeps its isolated prediction), the ridge strength, cache size, cold-weights form and io set picked
+    by 5-fold cross-validation; scales clipped to [0.25, 4], the cold-weights cost to >= 0. The report
+    holds the cross-validated error of the chosen fit (`cv_within_10pct`, `cv_rel_rmse`), `call_ms` per
+    type, `per_kernel_ms` (the networks' median call cost per kernel, glue excluded), `io_set`,
+    `io_ms_per_melem` per type, `cold_ms_per_mb`, `cache_mb` and `cold_form`.
     """
     import numpy as np
 
-    types, S, C, y, nets = _context_design(profile)
+    types, S, C, IO, y, nets = _context_design(profile)
     if len(y) < 8:
         return {}, {}
     n_types = len(types)
     calls = C.sum(axis=1)
     unit = float(np.median(y / np.maximum(calls, 1.0)))  # ms per kernel: the call terms' natural scale
+    unit_io = float(np.median(y / np.maximum(IO.sum(axis=1), 1e-6)))  # ms per M elements: the io terms'
+    n_io = n_types
     sizes = [[weight_bytes(k) / 2**20 for k in ks] for ks in nets]
     mb = np.array([sum(ws) for ws in sizes])
     unit_mb = float(np.median(y / np.maximum(mb, 1e-3)))  # ms per MiB of weights: the cold term's
-    prior = np.concatenate([np.ones(n_types), np.zeros(n_types + 1)])
-    lo = np.concatenate([np.full(n_types, 0.25), np.full(n_types, -0.5), [0.0]])
-    hi = np.concatenate([np.full(n_types, 4.0), np.full(n_types, 2.0), [2.0]])
+    prior = np.concatenate([np.ones(n_types), np.zeros(n_types + n_io + 1)])
+    lo = np.concatenate([np.full(n_types, 0.25), np.full(n_types, -0.5), np.full(n_io, -0.5), [0.0]])
+    hi = np.concatenate([np.full(n_types, 4.0), np.full(n_types, 2.0), np.full(n_io, 2.0), [2.0]])
     everything = np.arange(len(y))
     order = np.random.default_rng(0).permutation(len(y))
     folds = [order[f::5] for f in range(5)]
 
-    def design(cache_mb: float, form: str) -> np.ndarray:
+    def io_mask(io_set: str) -> np.ndarray:
+        families = CONTEXT_IO_SETS[io_set]
+        return np.array([families is None or t.split("/")[0] in families for t in types], dtype=float)
+
+    def design(cache_mb: float, form: str, io_set: str) -> np.ndarray:
         cold = np.array([_cold_mb(ws, cache_mb, form) if math.isfinite(cache_mb) else 0.0 for ws in sizes])
-        return np.hstack([S, C * unit, (cold * unit_mb)[:, None]])
+        # the io columns outside the set are zero: ridge keeps their terms at 0
+        return np.hstack([S, C * unit, IO * unit_io * io_mask(io_set), (cold * unit_mb)[:, None]])
 
     def solve(X: np.ndarray, idx: np.ndarray, lam: float) -> np.ndarray:
         A = X[idx] / y[idx, None]
@@ -427,14 +472,24 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
         return err
 
     # no cold-weights term (an infinite cache), or a cache size that enough networks exceed to tell a
-    # cold-weights cost from one network's noise, in either reading
-    shapes = [(math.inf, "beyond")] + [(c, f) for c in CONTEXT_CACHE_MB if int(np.sum(mb > c)) >= CONTEXT_MIN_COLD
-                                       for f in COLD_FORMS]
+    # cold-weights cost from one network's noise, in either reading; each with every io set (fewest
+    # terms first, so a tie keeps the simpler fit)
+    colds = [(math.inf, "beyond")] + [(c, f) for c in CONTEXT_CACHE_MB if int(np.sum(mb > c)) >= CONTEXT_MIN_COLD
+                                      for f in COLD_FORMS]
+    shapes = [(c, f, io) for io in CONTEXT_IO_SETS for c, f in colds]
     designs = {shape: design(*shape) for shape in shapes}
     errs = {(shape, lam): cv(designs[shape], lam) for shape in shapes for lam in CONTEXT_LAMBDAS}
-    (cache_mb, form), lam = min(errs, key=lambda v: (round(float(np.mean(errs[v] ** 2)), 12), -v[1], v[0][0]))
-    err = errs[((cache_mb, form), lam)]
-    coef = solve(designs[(cache_mb, form)], everything, lam)
+    rank = {shape: i for i, shape in enumerate(shapes)}
+    mse = {v: round(float(np.mean(e**2)), 12) for v, e in errs.items()}
+    best = {io: min((v for v in errs if v[0][2] == io), key=lambda v: (mse[v], -v[1], rank[v[0]]))
+            for io in CONTEXT_IO_SETS}
+    # more io terms only when they cross-validate clearly better: extra, nearly collinear columns
+    # lower a ridge fit's error a little by sharing its penalty, not by modelling anything
+    floor = min(math.sqrt(mse[v]) for v in best.values())
+    (cache_mb, form, io_set), lam = next(best[io] for io in CONTEXT_IO_SETS
+                                         if math.sqrt(mse[best[io]]) <= floor + CONTEXT_IO_MARGIN)
+    err = errs[((cache_mb, form, io_set), lam)]
+    coef = solve(designs[(cache_mb, form, io_set)], everything, lam)
     call_ms = {t: round(float(a * unit), 6) for t, a in zip(types, coef[n_types:2 * n_types], strict=True)}
     real = np.array([t != "glue" for t in types])  # per_kernel_ms: the non-glue kernels' call costs
     per_call = (C[:, real] * unit) @ coef[n_types:2 * n_types][real]
@@ -446,6 +501,10 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
               "cv_within_20pct": float(np.mean(np.abs(err) <= 0.2)),
               "cv_rel_rmse": float(np.sqrt(np.mean(err**2))), "ridge": lam, "call_ms": call_ms,
               "per_kernel_ms": round(float(np.median(per_call / np.maximum(real_calls, 1.0))), 6),
+              "io_set": io_set,
+              "io_ms_per_melem": {t: round(float(a * unit_io), 6) for t, a, on
+                                  in zip(types, coef[2 * n_types:2 * n_types + n_io], io_mask(io_set), strict=True)
+                                  if on},
               "cold_ms_per_mb": round(float(coef[-1] * unit_mb), 6) if cold else 0.0,
               "cache_mb": cache_mb if cold else None, "cold_form": form if cold else None}
     return {t: round(float(a), 4) for t, a in zip(types, coef[:n_types], strict=True)}, report

@@ -20,7 +20,9 @@ from latency_models.profile import (
     REFERENCE_KERNELS,
     STRUCTURED_PROFILE_VERSION,
     build_profile,
+    context_key,
     current_version,
+    io_melems,
     refit_from_pairs,
 )
 
@@ -195,14 +197,15 @@ def wide_profile() -> DeviceProfile:
 
 def _context_profile(base: DeviceProfile, scales: dict[str, float], per_kernel_ms: float, n: int = 60,
                      seed: int = 0, cold: tuple[float, float] = (0.0, 1.0), cold_form: str = "beyond",
-                     call_ms: dict[str, float] | None = None) -> DeviceProfile:
+                     call_ms: dict[str, float] | None = None, io_ms: dict[str, float] | None = None
+                     ) -> DeviceProfile:
     """`base` with whole networks that follow a known law: scale_t x isolated prediction + a per-kernel term
-    (+ call_ms[t] per kernel of context type t) + cold[0] ms per MiB of cold weights (`cold_weight_mb`
-    with cache cold[1] MiB, read as `cold_form`)."""
+    (+ call_ms[t] per kernel of context type t, + io_ms[t] per M activation elements of its kernels) +
+    cold[0] ms per MiB of cold weights (`cold_weight_mb` with cache cold[1] MiB, read as `cold_form`)."""
     import copy
     import random
 
-    from latency_models.profile import _fit_context, cold_weight_mb, context_key
+    from latency_models.profile import _fit_context, cold_weight_mb, context_key, io_melems
     from latency_models.sampling import random_kernel, zoo_prior
 
     profile = copy.copy(base)
@@ -215,6 +218,7 @@ def _context_profile(base: DeviceProfile, scales: dict[str, float], per_kernel_m
         ms = sum(p * scales.get(context_key(k), 1.0) for p, k in zip(pred, ks, strict=True))
         ms += cold[0] * cold_weight_mb(ks, cold[1], cold_form)
         ms += sum((call_ms or {}).get(context_key(k), 0.0) for k in ks)
+        ms += sum((io_ms or {}).get(context_key(k), 0.0) * io_melems(k) for k in ks)
         composites.append((ks, profile.overhead_ms + ms + per_kernel_ms * len(ks)))
     profile.composites = composites
     profile.type_scale, profile.context_fit = _fit_context(profile)  # what fit() does after the regressors
@@ -248,6 +252,21 @@ def test_context_fit_tells_the_call_costs_of_kernel_types_apart(wide_profile):
     assert profile.context_fit["cv_within_10pct"] > 0.9
     pools = max(profile.composites, key=lambda c: sum(k.type == "pool" for k in c[0]))
     assert profile.predict_kernels(pools[0]).ms == pytest.approx(pools[1], rel=0.05)
+
+
+def test_context_fit_finds_a_cost_per_activation_element(wide_profile):
+    """Aligned convs that save a reorder per activation element in a network (onnxruntime's blocked
+    layout kept between them): the fit takes an io term for them and predicts the networks; networks
+    without one (the test above) keep the fit without io terms."""
+    law = {"conv/a8": 0.05}  # ms per million activation elements read + written
+    profile = _context_profile(wide_profile, {}, per_kernel_ms=0.0, n=80, seed=5, io_ms=law)
+    fit = profile.context_fit
+    assert fit["io_set"] in ("convs", "all") and fit["cv_within_10pct"] > 0.9
+    assert fit["io_ms_per_melem"]["conv/a8"] == pytest.approx(0.05, rel=0.3)
+    ks, ms = max(profile.composites, key=lambda c: sum(io_melems(k) for k in c[0] if context_key(k) == "conv/a8"))
+    assert profile.predict_kernels(ks).ms == pytest.approx(ms, rel=0.05)
+    plain = _context_profile(wide_profile, {}, per_kernel_ms=0.0, seed=1)
+    assert plain.context_fit["io_set"] == "none" and plain.context_fit["io_ms_per_melem"] == {}
 
 
 def test_cold_weights_forms():
