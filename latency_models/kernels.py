@@ -257,10 +257,8 @@ class _Tracer(TorchFunctionMode):
                 owner = owner or mb.owner
             self.kernels.append({"type": "matmul", "p": [batch, a.shape[-2], a.shape[-1], b.shape[-1]],
                                  "owner": owner, "scaled": tuple(scaled)})
-            if on_heads:
-                self._set(out, _Meta(owner, on_heads[-1].cdim), None)
-            else:
-                self._set(out, _Meta(mb.owner, -1) if 3 in scaled else _Meta(None, None), None)
+            self._set(out, _Meta(owner, on_heads[-1].cdim) if on_heads else
+                      _Meta(mb.owner, -1) if 3 in scaled else _Meta(None, None), None)
         elif func in _TRANSPOSE:
             m = self._m(x)
             nd = x.dim()

@@ -191,16 +191,17 @@ class DeviceProfile:
         import numpy as np
 
         ms, std = self.predictor.predict_kernels(kernels)
+        keys = [context_key(k) for k in kernels] if self.type_scale or self.context_fit else []
         if self.type_scale:
-            scale = np.array([self.type_scale.get(context_key(k), 1.0) for k in kernels])
+            scale = np.array([self.type_scale.get(key, 1.0) for key in keys])
             ms, std = ms * scale, std * scale
         total = float(ms.sum())
         call_ms = self.context_fit.get("call_ms") or {}
         io_ms = self.context_fit.get("io_ms_per_melem") or {}
         if call_ms or io_ms:
-            extra = sum(call_ms.get(context_key(k), 0.0) for k in kernels)
+            extra = sum(call_ms.get(key, 0.0) for key in keys)
             if io_ms:
-                extra += sum(io_ms.get(context_key(k), 0.0) * io_melems(k) for k in kernels)
+                extra += sum(io_ms[key] * io_melems(k) for key, k in zip(keys, kernels, strict=True) if key in io_ms)
             total = max(0.5 * total, total + extra)
         cold = float(self.context_fit.get("cold_ms_per_mb", 0.0))
         if cold and self.context_fit.get("cache_mb") is not None:
@@ -397,9 +398,10 @@ def _context_design(profile: DeviceProfile) -> tuple[list[str], Any, Any, Any, A
         pred, _ = profile.predictor.predict_kernels(ks)
         row, count, io = np.zeros(len(types)), np.zeros(len(types)), np.zeros(len(types))
         for p, k in zip(pred, ks, strict=True):
-            row[col[context_key(k)]] += p
-            count[col[context_key(k)]] += 1
-            io[col[context_key(k)]] += io_melems(k)
+            c = col[context_key(k)]
+            row[c] += p
+            count[c] += 1
+            io[c] += io_melems(k)
         rows.append(row)
         counts.append(count)
         ios.append(io)
@@ -438,13 +440,12 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
     calls = C.sum(axis=1)
     unit = float(np.median(y / np.maximum(calls, 1.0)))  # ms per kernel: the call terms' natural scale
     unit_io = float(np.median(y / np.maximum(IO.sum(axis=1), 1e-6)))  # ms per M elements: the io terms'
-    n_io = n_types
     sizes = [[weight_bytes(k) / 2**20 for k in ks] for ks in nets]
     mb = np.array([sum(ws) for ws in sizes])
     unit_mb = float(np.median(y / np.maximum(mb, 1e-3)))  # ms per MiB of weights: the cold term's
-    prior = np.concatenate([np.ones(n_types), np.zeros(n_types + n_io + 1)])
-    lo = np.concatenate([np.full(n_types, 0.25), np.full(n_types, -0.5), np.full(n_io, -0.5), [0.0]])
-    hi = np.concatenate([np.full(n_types, 4.0), np.full(n_types, 2.0), np.full(n_io, 2.0), [2.0]])
+    prior = np.concatenate([np.ones(n_types), np.zeros(2 * n_types + 1)])  # scales, calls, io, cold
+    lo = np.concatenate([np.full(n_types, 0.25), np.full(2 * n_types, -0.5), [0.0]])
+    hi = np.concatenate([np.full(n_types, 4.0), np.full(2 * n_types, 2.0), [2.0]])
     everything = np.arange(len(y))
     order = np.random.default_rng(0).permutation(len(y))
     folds = [order[f::5] for f in range(5)]
@@ -503,7 +504,7 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
               "per_kernel_ms": round(float(np.median(per_call / np.maximum(real_calls, 1.0))), 6),
               "io_set": io_set,
               "io_ms_per_melem": {t: round(float(a * unit_io), 6) for t, a, on
-                                  in zip(types, coef[2 * n_types:2 * n_types + n_io], io_mask(io_set), strict=True)
+                                  in zip(types, coef[2 * n_types:3 * n_types], io_mask(io_set), strict=True)
                                   if on},
               "cold_ms_per_mb": round(float(coef[-1] * unit_mb), 6) if cold else 0.0,
               "cache_mb": cache_mb if cold else None, "cold_form": form if cold else None}
