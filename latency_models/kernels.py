@@ -65,6 +65,13 @@ class Kernel:
     owner: str | None = None  # prunable layer whose channels this kernel's size follows
     scaled: tuple[int, ...] = ()  # indices of params that scale with the owner's kept-channel ratio
     count: int = 1
+    #: the kernels whose outputs this one reads (indices into its model's kernel list; -1: the model's
+    #: input), in argument order: the dataflow a runtime's layout rules follow (`latency_models.layouts`).
+    #: Graph structure, not cost: kernels of equal type and params compare equal whatever their inputs
+    inputs: tuple[int, ...] = field(default=(), compare=False)
+    #: how the runtime runs it, when its layout rules say so (`latency_models.layouts`): "fused" for an
+    #: add the runtime folds into the conv before it; empty otherwise
+    role: str = field(default="", compare=False)
 
 
 def kernel_block(k: Kernel) -> float:
@@ -156,6 +163,9 @@ class _Tracer(TorchFunctionMode):
         self.kernels: list[dict[str, Any]] = []
         self.meta: dict[int, _Meta] = {}
         self.last: dict[int, int] = {}  # id(output tensor) -> index of the kernel that produced it
+        #: id(tensor) -> index of the kernel whose output it is, glue included (`last` follows the fusion
+        #: of BN / activations through views; this is the dataflow the layout rules read)
+        self.src: dict[int, int] = {}
         self.keep: list[torch.Tensor] = []
 
     def _m(self, t: Any) -> _Meta:
@@ -170,6 +180,24 @@ class _Tracer(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        first = len(self.kernels)
+        out = self._handle(func, args, kwargs)
+        # the dataflow (`Kernel.inputs`): new kernels read the call's activations (tensors some kernel
+        # produced, or the model's input; weights and buffers are not followed); a BN or activation
+        # fused into the kernel before it passes that kernel's output on
+        reads = [self.src[id(t)] for t in _tensors(list(args) + list(kwargs.values())) if id(t) in self.src]
+        for k in self.kernels[first:]:
+            k["inputs"] = reads
+        if len(self.kernels) > first:
+            producer = len(self.kernels) - 1
+        else:
+            producer = self.last.get(id(out)) if isinstance(out, torch.Tensor) else None
+        if producer is not None:
+            for t in _tensors(out if isinstance(out, (list, tuple)) else [out]):
+                self.src[id(t)] = producer
+        return out
+
+    def _handle(self, func, args, kwargs):
         out = func(*args, **kwargs)
         x = args[0] if args else None
         if func is F.conv2d:
@@ -356,6 +384,7 @@ def trace_kernels(model: nn.Module, input_shape: Sequence[int]) -> list[Kernel]:
     model.eval()
     tracer = _Tracer(names, attention_heads(model))
     x = torch.zeros(1, *input_shape)
+    tracer.src[id(x)] = -1
     try:
         with tracer:
             model(x)
@@ -369,7 +398,7 @@ def trace_kernels(model: nn.Module, input_shape: Sequence[int]) -> list[Kernel]:
         if k.get("block", 1) != 1:
             p = with_block(k["type"], p, k["block"])
         out.append(Kernel(k["type"], p, layer=k.get("layer"), owner=k.get("owner") or k.get("layer"),
-                          scaled=tuple(k.get("scaled", ()))))
+                          scaled=tuple(k.get("scaled", ())), inputs=tuple(k.get("inputs", ()))))
     return out
 
 
@@ -449,13 +478,13 @@ def compressed_kernels(skel: Skeleton, layers: Sequence[Any]) -> list[Kernel]:
                 p[1], p[2] = cl.in_channels, cl.out_channels
                 p[4], p[5], p[6], p[7] = density, scheme, wb, ab
                 p = p[:8] + ([block] if block != 1 else [])
-            out.append(Kernel(k.type, tuple(float(v) for v in p), k.layer, k.owner, k.scaled))
+            out.append(Kernel(k.type, tuple(float(v) for v in p), k.layer, k.owner, k.scaled, inputs=k.inputs))
         elif k.scaled and ratio.get(k.owner, 1.0) != 1.0:
             r = ratio[k.owner]
             p = list(k.params)
             for i in k.scaled:
                 p[i] = float(max(1.0, round(p[i] * r)))
-            out.append(Kernel(k.type, tuple(p), k.layer, k.owner, k.scaled))
+            out.append(Kernel(k.type, tuple(p), k.layer, k.owner, k.scaled, inputs=k.inputs))
         else:
             out.append(k)
     return out

@@ -27,8 +27,9 @@ import numpy as np
 
 from latency_models.kernels import Kernel, kernel_block
 
-#: kernel types a profile may lack samples of (then predicted free, as before they were traced)
-OPTIONAL_TYPES = frozenset({"glue"})
+#: kernel types a profile may lack samples of (then predicted free, as before they were traced); a
+#: layout `reorder` (`latency_models.layouts`) is never timed alone: the context fit prices it
+OPTIONAL_TYPES = frozenset({"glue", "reorder"})
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,10 @@ MEDIAN_SAMPLING = "median-3"
 #: earlier int8 builds timed onnxruntime networks with a third to two thirds of their convs left in fp32
 #: (cross-validated context fit: 31% of networks within 10%), so their samples and profiles are not reused
 INT8_SAMPLING = "median-3/int8-networks-as-deployed"
+#: MEDIAN_PROFILE_VERSION samples of a runtime that rewrites convs into a blocked layout (onnxruntime fp32):
+#: the whole networks' kernels carry their dataflow (`Kernel.inputs`), from which the context fit learns
+#: what the runtime's reorders and fused adds cost (`latency_models.layouts`); earlier builds had none
+DATAFLOW_SAMPLING = "median-3/networks-with-dataflow"
 KERNEL_MIX = (("conv", 0.45), ("dwconv", 0.12), ("linear", 0.15), ("eltwise", 0.08), ("pool", 0.04),
               ("norm", 0.04), ("softmax", 0.03), ("matmul", 0.05), ("transpose", 0.04))
 #: MEDIAN_PROFILE_VERSION samples glue ops too (a few suffice: they cost about the same whatever their size)
@@ -138,6 +142,14 @@ class DeviceProfile:
     #: how the samples were taken (`sampling_key`); profiles saved before it was recorded read as their
     #: version's sampling
     sampling: str | None = None
+    #: the channel block of the runtime's blocked layout on the profiled device (`Runtime.layout_block`):
+    #: when set, kernels are priced as the runtime runs them, with its reorders and fused adds
+    #: (`latency_models.layouts.nchwc_kernels`); 0 for runtimes without one and for earlier builds
+    layout_block: int = 0
+    #: how slow the machine runs now against the build (`at_speed`: measured / predicted of a model timed
+    #: now, as a search does with its dense model): predictions are at the build's speed and multiplied
+    #: by it. A state of the moment, never saved with the profile
+    speed: float = 1.0
 
     @property
     def n_samples(self) -> int:
@@ -187,9 +199,19 @@ class DeviceProfile:
             self.speed_spread = round(math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1)), 4)
         return self
 
+    def as_run(self, kernels: Sequence[Kernel]) -> list[Kernel]:
+        """`kernels` as the profiled runtime runs them: with the reorders and fused adds of its blocked
+        layout (`layout_block`), else as they are."""
+        if not self.layout_block:
+            return list(kernels)
+        from latency_models.layouts import nchwc_kernels
+
+        return nchwc_kernels(kernels, self.layout_block)
+
     def _sum(self, kernels: Sequence[Kernel]) -> tuple[float, float]:
         import numpy as np
 
+        kernels = self.as_run(kernels)
         ms, std = self.predictor.predict_kernels(kernels)
         keys = [context_key(k) for k in kernels] if self.type_scale or self.context_fit else []
         if self.type_scale:
@@ -210,17 +232,29 @@ class DeviceProfile:
         rel = float(self.context_fit.get("cv_rel_rmse", 0.03))
         return total, math.sqrt(float((std**2).sum()) + (rel * total) ** 2)
 
+    def at_speed(self, factor: float) -> DeviceProfile:
+        """This profile predicting for a machine running `factor` x slower than at the build (below 1:
+        faster), e.g. measured / predicted latency of a model timed now. Shares the fitted predictor; the
+        profile itself is unchanged."""
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"a speed factor must be a positive number, got {factor!r}")
+        from dataclasses import replace
+
+        return replace(self, speed=float(factor))
+
     def predict_kernels(self, kernels: Sequence[Kernel]) -> LatencyEstimate:
-        """Predicted latency of a model given as kernels: overhead + context-scaled sum, then the pair calibration."""
+        """Predicted latency of a model given as kernels: overhead + context-scaled sum, times the speed
+        factor (`at_speed`), then the pair calibration."""
         raw, std = self._sum(kernels)
         a, b = self.calibration
-        ms = a * (raw + self.overhead_ms) + b
-        return LatencyEstimate(ms=ms, std_ms=abs(a) * std, source="predicted", device=self.device,
+        ms = a * self.speed * (raw + self.overhead_ms) + b
+        return LatencyEstimate(ms=ms, std_ms=abs(a) * self.speed * std, source="predicted", device=self.device,
                                runtime=self.runtime, batch=self.batch, threads=self.threads,
                                precision=self.precision)
 
     def raw_ms(self, kernels: Sequence[Kernel]) -> float:
-        """The prediction before the pair calibration (what refit regresses measured latency on)."""
+        """The prediction at the build's speed, before the pair calibration (what refit regresses measured
+        latency on)."""
         return self._sum(kernels)[0] + self.overhead_ms
 
     # ------------------------------------------------------------------ persistence
@@ -232,7 +266,7 @@ class DeviceProfile:
                 "overhead_ms": self.overhead_ms, "calibration": list(self.calibration),
                 "statistic": self.statistic, "preferred_align": self.preferred_align, "align_gain": self.align_gain,
                 "fit_error": self.fit_error, "type_scale": self.type_scale, "context_fit": self.context_fit,
-                "speed_spread": self.speed_spread, "sampling": self.sampling,
+                "speed_spread": self.speed_spread, "sampling": self.sampling, "layout_block": self.layout_block,
                 "samples": [s.to_list() for s in self.samples],
                 "composites": [_composite_row(c) for c in self.composites]}
 
@@ -269,7 +303,8 @@ class DeviceProfile:
                       device_url=data.get("device_url"), created=data.get("created", ""),
                       composites=_composites_from(data.get("composites", [])),
                       format_version=int(data["schema_version"]),
-                      sampling=data.get("sampling", _SAMPLING_OF_VERSION.get(int(data["schema_version"]))))
+                      sampling=data.get("sampling", _SAMPLING_OF_VERSION.get(int(data["schema_version"]))),
+                      layout_block=int(data.get("layout_block") or 0))
         profile.fit()
         return profile
 
@@ -290,7 +325,7 @@ class DeviceProfile:
                 "n_samples": self.n_samples, "overhead_ms": round(self.overhead_ms, 4),
                 "preferred_align": self.preferred_align, "calibration": list(self.calibration),
                 "composites": len(self.composites), "context_fit": self.context_fit,
-                "speed_spread": self.speed_spread, "sampling": self.sampling,
+                "speed_spread": self.speed_spread, "sampling": self.sampling, "layout_block": self.layout_block,
                 "fit_error": {t: {"samples": r["samples"], "cv_within_10pct": r["cv_within_10pct"]}
                               for t, r in self.fit_error.items()}}
 
@@ -301,7 +336,13 @@ def context_key(k: Kernel) -> str:
     isolated sample pays; unaligned ones do not), and for depthwise convs by 16 and 8: onnxruntime's
     int8 depthwise kernel runs ~1.7x slower per MAC at 8 mod 16 channels than at multiples of 16, and
     one group for both had the int8 profile predict MobileNetV2 pruned to multiples of 8 15-17% low
-    (within 1% with the split; fp32 profiles fit as well either way)."""
+    (within 1% with the split; fp32 profiles fit as well either way). A blocked layout's reorders are
+    grouped by direction and the adds it fuses into a conv apart from the others
+    (`latency_models.layouts`)."""
+    if k.type == "reorder":
+        return "reorder/in" if k.params[1] == 0 else "reorder/out"
+    if k.role == "fused":
+        return f"{k.type}/fused"
     if k.type == "conv":
         return "conv/a8" if k.params[0] % 8 == 0 and k.params[1] % 8 == 0 else "conv/u"
     if k.type == "dwconv":
@@ -312,14 +353,15 @@ def context_key(k: Kernel) -> str:
 
 def _composites_from(rows: Sequence[Any]) -> list[tuple]:
     out: list[tuple] = []
-    for row in rows:
-        ks = [Kernel(t, tuple(float(v) for v in p)) for t, p in row[0]]
+    for row in rows:  # each kernel [type, params] or, with its dataflow, [type, params, inputs]
+        ks = [Kernel(k[0], tuple(float(v) for v in k[1]), inputs=tuple(int(i) for i in k[2]) if len(k) > 2 else ())
+              for k in row[0]]
         out.append((ks, float(row[1])) + ((float(row[2]),) if len(row) > 2 and row[2] is not None else ()))
     return out
 
 
 def _composite_row(c: tuple) -> list[Any]:
-    return [[[k.type, list(k.params)] for k in c[0]], c[1], *c[2:]]
+    return [[[k.type, list(k.params)] + ([list(k.inputs)] if k.inputs else []) for k in c[0]], c[1], *c[2:]]
 
 
 #: ridge strengths tried by the context fit (picked by 5-fold cross-validation on the networks)
@@ -388,13 +430,14 @@ def _context_design(profile: DeviceProfile) -> tuple[list[str], Any, Any, Any, A
     import numpy as np
 
     composites = profile.fit_composites()
-    types = sorted({context_key(k) for ks, _ in composites for k in ks})
+    types = sorted({context_key(k) for ks, _ in composites for k in profile.as_run(ks)})
     col = {t: i for i, t in enumerate(types)}
     rows, counts, ios, ys, kept = [], [], [], [], []
     for ks, ms in composites:
         y = ms - profile.overhead_ms
         if y <= 0:
             continue
+        ks = profile.as_run(ks)
         pred, _ = profile.predictor.predict_kernels(ks)
         row, count, io = np.zeros(len(types)), np.zeros(len(types)), np.zeros(len(types))
         for p, k in zip(pred, ks, strict=True):
@@ -450,9 +493,10 @@ def _fit_context(profile: DeviceProfile) -> tuple[dict[str, float], dict[str, An
     order = np.random.default_rng(0).permutation(len(y))
     folds = [order[f::5] for f in range(5)]
 
-    def io_mask(io_set: str) -> np.ndarray:
+    def io_mask(io_set: str) -> np.ndarray:  # a layout's reorders are nothing but activation traffic
         families = CONTEXT_IO_SETS[io_set]
-        return np.array([families is None or t.split("/")[0] in families for t in types], dtype=float)
+        return np.array([families is None or t.split("/")[0] in families or t.startswith("reorder")
+                         for t in types], dtype=float)
 
     def design(cache_mb: float, form: str, io_set: str) -> np.ndarray:
         cold = np.array([_cold_mb(ws, cache_mb, form) if math.isfinite(cache_mb) else 0.0 for ws in sizes])
@@ -538,7 +582,18 @@ def sampling_key(runtime: str, precision: str) -> str:
     of another sampling are not reused)."""
     if structured_runtime(runtime):
         return STRUCTURED_SAMPLING
-    return INT8_SAMPLING if precision == "int8" else MEDIAN_SAMPLING
+    if precision == "int8":
+        return INT8_SAMPLING
+    return DATAFLOW_SAMPLING if precision in _blocked_layout_precisions(runtime) else MEDIAN_SAMPLING
+
+
+def _blocked_layout_precisions(runtime: str) -> tuple[str, ...]:
+    from latency_models.runtimes.base import RuntimeError_, get_runtime
+
+    try:
+        return tuple(get_runtime(runtime).blocked_layout_precisions)
+    except RuntimeError_:
+        return ()
 
 
 def _key(runtime: str, batch: int, threads: int, precision: str, fingerprint: str) -> dict[str, Any]:
@@ -815,11 +870,15 @@ def build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, batch: 
         raise ProfileError("no kernel was measured: give the profiler more time (--minutes)")
     if progress:
         progress(f"profile: fitting {len(samples)} samples")
+    from latency_models.runtimes.base import get_runtime
+
+    layout = (get_runtime(runtime).layout_block(precision, info.get("cpu_flags") or (), info.get("machine", ""))
+              if key["sampling"] == DATAFLOW_SAMPLING else 0)
     profile = DeviceProfile(device=info["device"], runtime=runtime, batch=batch, threads=threads,
                             precision=precision, versions=info["versions"], fingerprint=fingerprint,
                             samples=samples, overhead_ms=_median(baselines), device_url=device,
                             created=time.strftime("%Y-%m-%dT%H:%M:%S"), composites=composites,
-                            format_version=version, sampling=key["sampling"])
+                            format_version=version, sampling=key["sampling"], layout_block=layout)
     return profile.fit()
 
 
@@ -854,7 +913,8 @@ def get_or_build_profile(runtime: str = "onnxruntime", *, minutes: float = 1.5, 
                          f"version {current_version(runtime)} for {runtime}; rebuilding")
             elif progress:
                 progress(f"profile: cached {path} was sampled as '{cached.sampling}', this release samples "
-                         f"'{want}' (int8: whole networks exported as deployed); rebuilding")
+                         f"'{want}' (int8: whole networks exported as deployed; onnxruntime fp32: networks "
+                         "with their dataflow, for the NCHWc layout's reorders); rebuilding")
         except ProfileError as exc:
             if progress:
                 progress(f"profile: cached {path} unusable ({exc}); rebuilding")

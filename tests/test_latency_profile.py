@@ -10,6 +10,7 @@ import pytest
 
 from latency_models import DeviceProfile, LatencyEstimate, PairStore, ProfileError, predict_policy
 from latency_models.estimate import device_fingerprint, device_info
+from latency_models.layouts import nchwc_block
 from latency_models.predictors import Sample
 from latency_models.profile import (
     CONTEXT_LAMBDAS,
@@ -95,7 +96,10 @@ def test_build_is_resumable_from_its_side_file(tmp_path):
     assert first.format_version == MEDIAN_PROFILE_VERSION and first.statistic == "median"
     assert first.predictor.relative
     row = json.loads(side.read_text().splitlines()[0])
-    assert row["key"]["sampling"] == "median-3" and row["references"] == len(REFERENCE_KERNELS)
+    # onnxruntime fp32: the NCHWc layout's dataflow sampling (the kernel samples are timed as before)
+    assert row["key"]["sampling"] == "median-3/networks-with-dataflow" and row["references"] == len(REFERENCE_KERNELS)
+    info = device_info()
+    assert first.layout_block == nchwc_block(info["cpu_flags"], info["machine"])
     skip = 1 + row["references"]
     assert len(row["stats"]) == len(row["samples"]) + skip  # the baseline's, then the reference kernels'
     ref = math.exp(sum(math.log(st[2]) for st in row["stats"][1:skip]) / row["references"])
@@ -422,7 +426,8 @@ def test_profile_versions_and_features_per_runtime(profile, sparse_profile, tmp_
     assert DeviceProfile.load(tmp_path / "old.json").format_version == 1
     # measured samples of different samplings never mix in a side file
     assert _key("sparse-cpu", 1, 1, "fp32", "x")["sampling"] == "structured-1"
-    assert _key("onnxruntime", 1, 1, "fp32", "x")["sampling"] == "median-3"
+    assert _key("onnxruntime", 1, 1, "fp32", "x")["sampling"] == "median-3/networks-with-dataflow"
+    assert _key("torch-eager", 1, 1, "fp32", "x")["sampling"] == "median-3"
     assert _key("onnxruntime", 1, 1, "int8", "x")["sampling"] == "median-3/int8-networks-as-deployed"
     assert not again.predictor.relative and not profile.predictor.relative
 
@@ -438,3 +443,45 @@ def test_context_groups_split_depthwise_convs_by_16_and_8():
     conv = (3.0, 1.0, 14.0, 14.0, 1.0, 1.0, 1.0, 0.0, 32.0, 32.0)
     assert context_key(Kernel("conv", (56.0, 64.0, *conv))) == "conv/a8"
     assert context_key(Kernel("conv", (56.0, 60.0, *conv))) == "conv/u"
+
+
+def test_a_blocked_layout_profile_prices_its_reorders_from_whole_networks(wide_profile):
+    """Chains of convs with aligned and unaligned widths whose networks pay a known cost per element a
+    reorder moves (onnxruntime's NCHWc layout, `latency_models.layouts`): a profile with the layout's
+    block learns that cost from the networks and predicts a new chain; without the layout the same
+    networks fit worse (the kernels alone cannot tell which neighbours reorder)."""
+    import copy
+    import random
+
+    from latency_models.kernels import Kernel
+    from latency_models.layouts import nchwc_kernels
+    from latency_models.profile import _fit_context
+
+    law = {1.0: 0.4, 0.0: 0.2}  # ms per million elements: out of the blocked layout, into it
+
+    def chain(rng: random.Random) -> list[Kernel]:
+        widths = [rng.choice((1, 3))] + [rng.choice((8, 13, 16, 21, 24, 30, 32, 37, 48)) for _ in range(rng.randint(3, 9))]
+        hw = float(rng.choice((14, 28)))
+        return [Kernel("conv", (float(a), float(b), 3.0, 1.0, hw, hw, 1.0, 1.0, 1.0, 0.0, 32.0, 32.0), inputs=(i - 1,))
+                for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))]
+
+    def truth(profile: DeviceProfile, ks: list[Kernel]) -> float:
+        pred, _ = profile.predictor.predict_kernels(ks)
+        reorders = [k for k in nchwc_kernels(ks, 8) if k.type == "reorder"]
+        return profile.overhead_ms + float(pred.sum()) + sum(law[k.params[1]] * k.params[0] / 1e6 for k in reorders)
+
+    rng = random.Random(4)
+    nets = [chain(rng) for _ in range(80)]
+    fits = {}
+    for block in (8, 0):
+        profile = copy.copy(wide_profile)
+        profile.layout_block = block
+        profile.composites = [(ks, truth(profile, ks)) for ks in nets]
+        profile.type_scale, profile.context_fit = _fit_context(profile)
+        fits[block] = profile
+    fit = fits[8].context_fit
+    assert fit["io_ms_per_melem"]["reorder/out"] == pytest.approx(0.4, rel=0.3)
+    assert fit["cv_within_10pct"] > 0.9
+    assert fit["cv_rel_rmse"] < fits[0].context_fit["cv_rel_rmse"]
+    new = chain(random.Random(99))
+    assert fits[8].predict_kernels(new).ms == pytest.approx(truth(fits[8], new), rel=0.05)

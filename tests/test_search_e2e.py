@@ -263,3 +263,38 @@ def test_ctrl_c_works_again_after_a_tune_run():
             time.sleep(1)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_in_loop_latency_is_calibrated_at_the_measured_dense_model():
+    """The runner scales the profile's predictions by the dense model's measured / predicted latency (a
+    profile predicts at its build's machine speed); a ratio budget is then of the measured dense latency.
+    A profile more than 2x off is left as it is, with a warning; `latency.calibrate: false` keeps the
+    profile's own scale."""
+    from test_latency_profile import _synthetic_other_kernels, fixture_samples, here_profile
+
+    from automl.models import build_model
+    from automl.search.config import SearchConfig
+    from automl.search.runner import SearchRunner
+    from latency_models import predict_policy
+    from search_spaces import SearchSpace
+
+    profile = here_profile(fixture_samples() + _synthetic_other_kernels())
+    space = SearchSpace.from_model(build_model("resnet20", 1, 10, 28), "resnet20", (1, 28, 28))
+    predicted = predict_policy(profile, space, space.dense_policy()).ms
+    said: list[str] = []
+    cfg = SearchConfig.from_dict({"budget": {"max_latency_ratio": 0.5}}, source="test")
+    assert cfg.latency.calibrate
+    runner = SearchRunner(cfg, printer=said.append)
+    dense = {"dense_latency_ms_predicted": predicted, "dense_latency_ms": 1.08 * predicted}
+    calibrated = runner._calibrated(profile, dense)
+    assert dense["latency_calibration"] == pytest.approx(1.08)
+    assert predict_policy(calibrated, space, space.dense_policy()).ms == pytest.approx(1.08 * predicted)
+    policy = space.decode({lc.layer.name: {"scheme": "channel", "sparsity": 0.5, "align": 8}
+                           for lc in space.layers if "channel" in lc.schemes})
+    assert predict_policy(calibrated, space, policy).ms == pytest.approx(1.08 * predict_policy(profile, space, policy).ms)
+    assert profile.speed == 1.0  # the loaded profile itself is unchanged
+    assert runner._budget(dense["dense_latency_ms"]).max_latency_ms == pytest.approx(0.54 * predicted)
+    assert "x1.080" in said[-1]
+    wild = {"dense_latency_ms_predicted": predicted, "dense_latency_ms": 3 * predicted}
+    assert runner._calibrated(profile, wild) is profile and "rebuild it" in said[-1]
+    assert not SearchConfig.from_dict({"latency": {"calibrate": False}}, source="test").latency.calibrate

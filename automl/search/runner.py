@@ -152,6 +152,25 @@ class SearchRunner:
         return get_or_build_profile(cfg.runtime, minutes=cfg.profile_minutes, batch=cfg.batch, threads=cfg.threads,
                                     precision=cfg.precision, device=cfg.device, progress=self.print)
 
+    def _calibrated(self, profile, dense: dict[str, float]):
+        """The profile predicting at the speed the dense model was just measured at.
+
+        A profile predicts at its build's speed, and this shared machine's speed drifts by 5-10% within
+        an hour (docs/benchmarks.md, latency section: torch eager models measured 9% slower 35 minutes
+        after a profile build, and the profile's own reference kernels missed it). Every search measures
+        the dense model anyway; scaling the in-loop predictions by measured / predicted of that model
+        makes absolute budgets (`max_latency_ms`) and the candidates' logged latencies hold for the
+        machine as it runs now. A ratio budget is unchanged by it (both sides scale). The factor is logged
+        (`latency_calibration`); a profile more than 2x off is used as it is, with a warning."""
+        factor = dense["dense_latency_ms"] / dense["dense_latency_ms_predicted"]
+        dense["latency_calibration"] = factor
+        if not 0.5 <= factor <= 2.0:
+            self.print(f"warning: the latency profile predicts the dense model {1 / factor:.2f}x its measured "
+                       "latency; rebuild it ('automl latency profile') - in-loop latencies are not calibrated")
+            return profile
+        self.print(f"in-loop latency predictions calibrated at the dense model: x{factor:.3f}")
+        return profile.at_speed(factor)
+
     def _measure(self, model, input_shape):
         """Measured latency (a LatencyEstimate) on the configured runtime, in a separate process."""
         from latency_models import measure_latency
@@ -161,6 +180,8 @@ class SearchRunner:
                                precision=cfg.precision, device=cfg.device)
 
     def _budget(self, dense_latency_ms: float | None):
+        """The config's budget; a ratio budget is of `dense_latency_ms`: the dense model's measured latency
+        when the in-loop predictions are calibrated at it (which they then reproduce), else its predicted."""
         from agents import Budget
 
         b = self.config.budget
@@ -230,7 +251,10 @@ class SearchRunner:
             self.print(f"dense {cfg.model.name}: accuracy {100 * dense['dense_accuracy']:.2f}%, latency "
                        f"{dense['dense_latency_ms']:.3f} ms measured / {dense['dense_latency_ms_predicted']:.3f} ms "
                        f"predicted ({cfg.latency.runtime}, batch {cfg.latency.batch}, {cfg.latency.threads} thread)")
-        budget = self._budget(dense.get("dense_latency_ms_predicted"))
+            if cfg.latency.calibrate:
+                profile = self._calibrated(profile, dense)
+        budget = self._budget(None if profile is None else dense["dense_latency_ms"] if cfg.latency.calibrate
+                              else dense["dense_latency_ms_predicted"])
         if not done:
             tracker.log_parent_metrics(dense)
             tracker.log_parent_text(cfg.to_yaml(), "config.yaml")

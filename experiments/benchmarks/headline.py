@@ -682,7 +682,10 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                     "budget": {"max_latency_ms": budget_pred_ms},
                     "latency": {"runtime": cfg.latency.runtime, "batch": cfg.latency.batch,
                                 "threads": cfg.latency.threads, "precision": setting,
-                                "profile_minutes": cfg.latency.profile_minutes, "measure_top_k": 0},
+                                "profile_minutes": cfg.latency.profile_minutes, "measure_top_k": 0,
+                                # the budget is on the profile's own scale (`predicted_budget` converts it
+                                # at a uniform model near the budget), so no calibration at the dense one
+                                "calibrate": False},
                     "evaluation": {"proxy_val_images": cfg.proxy_val_images, "calib_batches": cfg.calib_batches,
                                    "proxy_finetune_steps": setting_spec(cfg, setting, spec).proxy_finetune_steps,
                                    "finetune_top_k": 0},

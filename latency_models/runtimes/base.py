@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -37,6 +37,8 @@ class Runtime(ABC):
     #: the runtime has kernels for block-structured sparse weights (1xN blocks), so its device profile
     #: samples structured masks and learns the block height (`latency_models.profile`)
     structured_sparsity: bool = False
+    #: precisions at which the runtime rewrites convs into a blocked layout (see `layout_block`)
+    blocked_layout_precisions: tuple[str, ...] = ()
 
     @abstractmethod
     def export(self, model: Any, example_input: Any, precision: str = "fp32") -> bytes:
@@ -80,6 +82,12 @@ class Runtime(ABC):
     def versions(self) -> dict[str, str]:
         """Library versions that change this runtime's speed (part of a profile's identity)."""
         return {}
+
+    def layout_block(self, precision: str, cpu_flags: Sequence[str], machine: str) -> int:
+        """The channel block of the blocked layout this runtime rewrites convs into at `precision` on a
+        CPU with these flags (`latency_models.layouts`: its reorders and fused adds are then part of a
+        model's kernels), 0 when it runs every kernel in the model's own layout."""
+        return 0
 
 
 # name -> "module:Class". Import paths, so a subprocess or device agent resolves them by name alone.

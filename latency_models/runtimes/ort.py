@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ class OnnxRuntime(Runtime):
     name = "onnxruntime"
     precisions = ("fp32", "int8")
     suffix = ".onnx"
+    blocked_layout_precisions = ("fp32",)
 
     #: "deploy": the compression engine's exporter when present (what ships); "fast": TorchScript export
     exporter: str = "deploy"
@@ -124,6 +125,12 @@ class OnnxRuntime(Runtime):
         network's convs in fp32 between quantize / dequantize pairs (a random resnet: 13 of 21), which the
         deployed model does not have. ~1 s a network instead of the dynamo path's ~3-14 s."""
         return OnnxRuntime(exporter="fast").export(model, example_input, precision)
+
+    def layout_block(self, precision: str, cpu_flags: Sequence[str], machine: str) -> int:
+        """fp32 graphs are rewritten into NCHWc on x86 (`latency_models.layouts`); int8 ones are not."""
+        from latency_models.layouts import nchwc_block
+
+        return nchwc_block(cpu_flags, machine) if precision in self.blocked_layout_precisions else 0
 
     def load(self, artifact: bytes, threads: int = 1) -> Callable[[Any], Any]:
         import onnxruntime as ort
