@@ -429,15 +429,14 @@ def _context_design(profile: DeviceProfile) -> tuple[list[str], Any, Any, Any, A
     (`io_melems`) per context key, measured ms (minus the overhead) and its kernels."""
     import numpy as np
 
-    composites = profile.fit_composites()
-    types = sorted({context_key(k) for ks, _ in composites for k in profile.as_run(ks)})
+    composites = [(profile.as_run(ks), ms) for ks, ms in profile.fit_composites()]
+    types = sorted({context_key(k) for ks, _ in composites for k in ks})
     col = {t: i for i, t in enumerate(types)}
     rows, counts, ios, ys, kept = [], [], [], [], []
     for ks, ms in composites:
         y = ms - profile.overhead_ms
         if y <= 0:
             continue
-        ks = profile.as_run(ks)
         pred, _ = profile.predictor.predict_kernels(ks)
         row, count, io = np.zeros(len(types)), np.zeros(len(types)), np.zeros(len(types))
         for p, k in zip(pred, ks, strict=True):
