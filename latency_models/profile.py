@@ -1,7 +1,8 @@
 """Device profiles: a fitted kernel predictor bound to the machine, runtime and settings it was measured on.
 
 A profile is versioned JSON holding the *measured samples* (the honest data) plus what was learnt from
-them; loading refits the regressors (about a second), so no pickle crosses versions. It records the
+them; loading refits the regressors (seconds; the cross-validated errors saved with the profile are reused
+rather than recomputed), so no pickle crosses versions. It records the
 device fingerprint (cpu model, cores, SIMD flags, library versions) and refuses to load on another
 machine or library set unless forced: a profile measured on one machine must not pretend to hold on
 another. `get_or_build_profile` is the quickstart path: build a small one on first use, cache it under
@@ -183,10 +184,12 @@ class DeviceProfile:
         ref = self.speed_reference()
         return [(c[0], c[1] * ref / c[2] if ref and len(c) > 2 and c[2] else c[1]) for c in self.composites]
 
-    def fit(self) -> DeviceProfile:
+    def fit(self, known_error: dict[str, Any] | None = None) -> DeviceProfile:
+        """Fit the regressors and the context; `known_error`: the saved `fit_error` of these samples (its
+        cross-validated errors are reused, see `KernelPredictor.fit`)."""
         self.predictor.block_features = self.structured
         self.predictor.relative = self.format_version == MEDIAN_PROFILE_VERSION
-        self.fit_error = self.predictor.fit(self.fit_samples())
+        self.fit_error = self.predictor.fit(self.fit_samples(), known=known_error)
         if "conv" in self.fit_error:
             self.preferred_align, self.align_gain = _preferred_align(self.predictor)
         self.type_scale, self.context_fit = {}, {}
@@ -305,7 +308,8 @@ class DeviceProfile:
                       format_version=int(data["schema_version"]),
                       sampling=data.get("sampling", _SAMPLING_OF_VERSION.get(int(data["schema_version"]))),
                       layout_block=int(data.get("layout_block") or 0))
-        profile.fit()
+        saved = data.get("fit_error")
+        profile.fit(known_error=saved if isinstance(saved, dict) else None)
         return profile
 
     @classmethod

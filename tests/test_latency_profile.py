@@ -55,6 +55,12 @@ def test_save_load_round_trip_predicts_the_same(profile, tmp_path):
     ks = channel_sweep((15, 16, 63, 64))
     assert again.n_samples == profile.n_samples and again.fingerprint == profile.fingerprint
     assert again.predict_kernels(ks).ms == pytest.approx(profile.predict_kernels(ks).ms)
+    assert again.fit_error == profile.fit_error  # the saved cross-validated errors, not re-run on load
+    assert again.predict_kernels(ks).std_ms == pytest.approx(profile.predict_kernels(ks).std_ms)
+    fresh = DeviceProfile(**{**{k: getattr(again, k) for k in ("device", "runtime", "batch", "threads",
+                                                                 "precision", "versions", "fingerprint",
+                                                                 "samples", "overhead_ms")}}).fit()
+    assert fresh.fit_error == profile.fit_error  # the same errors when cross-validated afresh
     data = json.loads(path.read_text())
     assert data["schema_version"] == 1 and data["versions"]["onnxruntime"]
     assert data["preferred_align"] in (1, 2, 4, 8, 16)

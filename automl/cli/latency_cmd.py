@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from automl.cli.base import Command, CommandError, print_json
@@ -90,6 +91,10 @@ class LatencyCommand(Command):
         q.add_argument("--profile", required=True)
         self._model_args(q)
         q.add_argument("--force", action="store_true", help="use a profile from another machine anyway")
+        q.add_argument("--calibrate", action="store_true",
+                       help="measure the dense model now (a few seconds, in a separate process; on the profile's "
+                            "device agent if it was built on one) and scale the prediction by its measured / "
+                            "predicted latency, as a search does: the machine's speed drifts after a profile's build")
         q.add_argument("--format", choices=("text", "json"), default="text")
 
         r = sub.add_parser("refit", help="recalibrate a profile from predicted-vs-measured pairs (JSON lines)")
@@ -171,7 +176,14 @@ class LatencyCommand(Command):
 
         space = SearchSpace.from_model(model, name, shape)
         policy = _load_policy(args.policy, name) or space.dense_policy()
+        try:  # as `measure` and `apply` do: an unknown layer or a decision that does not fit is an error
+            space.validate(policy if policy.model == name else replace(policy, model=name))
+        except ValueError as exc:
+            raise CommandError(f"the policy does not fit {name}: {exc}") from exc
+        calibration = None
         try:
+            if args.calibrate:
+                profile, calibration = _calibrated(profile, space, model, shape)
             kernels = policy_kernels(space, policy)
             est = profile.predict_kernels(kernels)
         except (ValueError, KeyError) as exc:
@@ -184,10 +196,15 @@ class LatencyCommand(Command):
         out: dict[str, Any] = {"model": name, "policy": args.policy, **est.to_dict(),
                                "kernels": len(kernels), "prediction_cost_ms": round(per_call_ms, 4),
                                "profile_preferred_align": profile.preferred_align}
+        if calibration is not None:
+            out["calibration"] = calibration
         if args.format == "json":
             print_json(out)
         else:
             print(f"{name}{' + ' + args.policy if args.policy else ''}: {est}")
+            if calibration is not None:
+                print(f"  calibrated at the dense model: {calibration['dense_measured_ms']:.3f} ms measured / "
+                      f"{calibration['dense_predicted_ms']:.3f} ms predicted -> x{calibration['factor']:.3f}")
             print(f"  {len(kernels)} kernels; {per_call_ms:.3f} ms per prediction (after load); "
                   f"profile prefers channel counts in multiples of {profile.preferred_align}")
         return 0
@@ -208,3 +225,20 @@ class LatencyCommand(Command):
         profile.save(out)
         print_json({"profile": out, **report})
         return 0
+
+
+def _calibrated(profile: Any, space: Any, model: Any, shape: Any) -> tuple[Any, dict[str, float]]:
+    """`profile` at the speed the dense `model` measures at now (`DeviceProfile.at_speed`), and the figures."""
+    from latency_models import AgentError, MeasurementError, RuntimeError_, measure_latency
+    from latency_models.profile import policy_kernels
+
+    predicted = profile.predict_kernels(policy_kernels(space, space.dense_policy())).ms
+    try:
+        measured = measure_latency(model, shape, runtime=profile.runtime, batch=profile.batch,
+                                   threads=profile.threads, precision=profile.precision,
+                                   device=profile.device_url).ms
+    except (MeasurementError, AgentError, RuntimeError_) as exc:
+        raise CommandError(f"--calibrate could not measure the dense model: {exc}") from exc
+    factor = measured / predicted
+    return profile.at_speed(factor), {"dense_measured_ms": round(measured, 6), "dense_predicted_ms": round(predicted, 6),
+                                      "factor": round(factor, 6)}
