@@ -180,8 +180,8 @@ class SearchRunner:
                                precision=cfg.precision, device=cfg.device)
 
     def _budget(self, dense_latency_ms: float | None):
-        """The config's budget; a ratio budget is of `dense_latency_ms`: the dense model's measured latency
-        when the in-loop predictions are calibrated at it (which they then reproduce), else its predicted."""
+        """The config's budget; a ratio budget is of `dense_latency_ms`, the dense model's latency on the
+        in-loop predictions' scale."""
         from agents import Budget
 
         b = self.config.budget
@@ -253,8 +253,9 @@ class SearchRunner:
                        f"predicted ({cfg.latency.runtime}, batch {cfg.latency.batch}, {cfg.latency.threads} thread)")
             if cfg.latency.calibrate:
                 profile = self._calibrated(profile, dense)
-        budget = self._budget(None if profile is None else dense["dense_latency_ms"] if cfg.latency.calibrate
-                              else dense["dense_latency_ms_predicted"])
+        # a ratio budget is of the dense model as the in-loop profile sees it: its measured latency once
+        # calibrated at it, its predicted one when not (calibration off, or a profile too far off to trust)
+        budget = self._budget(predict_policy(profile, space, dense_policy).ms if profile is not None else None)
         if not done:
             tracker.log_parent_metrics(dense)
             tracker.log_parent_text(cfg.to_yaml(), "config.yaml")
