@@ -39,6 +39,7 @@ def _config(tmp_path: Path, **over) -> Path:
         "calib_batches": 1,
         "measure_top_k": 2,
         "verify_processes": 2,
+        "pick_processes": 2,  # a pick (and a uniform step) must hold the budget in the median of 2 processes
         "uniform_bisect_steps": 3,
         "latency": {"profile_minutes": 0.1},
         "finetune": {"epochs": 0.1, "calib_batches": 1},
@@ -276,3 +277,75 @@ def test_verify_processes_text_names_each_models_count(tmp_path):
     assert h.verify_processes_text(store) == "none yet"
     store.data["meta"]["verified"] = {"resnet20": {"dense_ms": 0.4, "processes": 3}, "mobilenetv2": {"dense_ms": 0.5}}
     assert h.verify_processes_text(store) == "resnet20: 3, mobilenetv2: 1"  # before the count was recorded: one
+
+
+def _scripted_measurer(h, cfg, script: dict[str, list[float]]):
+    """A Measurer whose timing processes return scripted figures (per policy tag, one per process; the dense
+    reference at 2.0 ms in every process, the reference 1.0 ms, so each figure is halved). The pick's rule
+    is tested on figures chosen to sit at the budget's edge; the smoke test above runs it on real timings."""
+    from types import SimpleNamespace
+
+    class Scripted(h.Measurer):
+        def __init__(self):
+            super().__init__(cfg, "resnet20", None, None, (1, 28, 28))
+            self.reference_ms, self.processes, self.timed = 1.0, 0, []
+            self.left = {k: list(v) for k, v in script.items()}
+
+        def export(self, policy, precision):
+            return policy.metadata["tag"].encode()
+
+        def dense_model(self):
+            return b"dense"
+
+        def time_models(self, items):
+            self.processes += 1
+            tags = [m.decode() for m, _ in items[1:]]
+            self.timed.append(tags)
+            return [SimpleNamespace(ms=2.0)] + [SimpleNamespace(ms=2.0 * self.left[t].pop(0)) for t in tags]
+
+    return Scripted()
+
+
+def test_pick_holds_the_budget_in_the_median_of_several_timing_processes(tmp_path):
+    """With `pick_processes` > 1 the most accurate candidate one process timed within the budget must hold it
+    in the median of that many processes, else the next is tried; with 1 (the default) the single timing
+    decides. Extra processes time only the would-be pick; earlier figures are kept, not re-timed."""
+    from automl.policy import CompressionPolicy
+
+    h = _headline_module()
+    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path))
+    assert cfg.pick_processes == 1
+
+    def cand(i, tag, acc):
+        return {"index": i, "status": "ok", "metrics": {"accuracy": acc},
+                "policy": CompressionPolicy("resnet20", metadata={"tag": tag})}
+
+    cands = [cand(0, "A", 0.9), cand(1, "B", 0.8), cand(2, "C", 0.7), cand(3, "D", 0.6)]
+    script = {"A": [0.99, 1.05, 1.04], "B": [0.97, 0.98, 1.20], "C": [1.50], "D": [0.90]}
+    one = _scripted_measurer(h, cfg, script)
+    c, ms, within, n = h.pick_by_measurement(cands, one, "fp32", 1.0, k=3)
+    assert (c["index"], ms, within, n) == (0, pytest.approx(0.99), True, 3) and one.processes == 1
+
+    three = _scripted_measurer(h, cfg, script)
+    c, ms, within, n = h.pick_by_measurement(cands, three, "fp32", 1.0, k=3, processes=3)
+    assert (c["index"], within, n) == (1, True, 3) and ms == pytest.approx(0.98)  # A's median 1.04 is over
+    assert three.timed == [["A", "B", "C"], ["A"], ["A"], ["B"], ["B"]]
+    assert three.measure([cands[0]["policy"]], "fp32", 3) == [pytest.approx(1.04)]  # kept, not re-timed
+    assert three.processes == 5
+
+    # nothing holds the budget in the first round: the next round's candidate is measured and confirmed
+    script = {"A": [0.99, 1.05, 1.04], "B": [1.10], "C": [1.50], "D": [0.90, 0.95, 1.30]}
+    c, ms, within, n = h.pick_by_measurement(cands, _scripted_measurer(h, cfg, script), "fp32", 1.0, k=3,
+                                             processes=3)
+    assert (c["index"], within, n) == (3, True, 4) and ms == pytest.approx(0.95)
+    # nothing at all: the fastest measured, flagged
+    script = {"A": [0.99, 1.05, 1.04], "B": [1.10], "C": [1.50], "D": [1.02]}
+    c, ms, within, n = h.pick_by_measurement(cands, _scripted_measurer(h, cfg, script), "fp32", 1.0, k=3,
+                                             processes=3)
+    assert (c["index"], within, n) == (3, False, 4) and ms == pytest.approx(1.02)
+
+    # the option enters the signature only when set (cells computed before it existed stay current)
+    spec = cfg.models[0]
+    assert h.signature(cfg, spec) == h.signature(cfg.model_copy(update={"pick_processes": 1}), spec)
+    assert h.signature(cfg, spec) != h.signature(cfg.model_copy(update={"pick_processes": 3}), spec)
+    assert "median over 3 timing processes" in h.pick_processes_text(cfg.model_copy(update={"pick_processes": 3}))

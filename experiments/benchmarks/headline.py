@@ -12,7 +12,7 @@ the space fixes 8-bit weights and activations so the proxy and the fine-tune see
    run for the whole benchmark;
 3. deploy-verified pick: the search's best proxy candidates are measured on the real runtime and the most
    accurate one whose *measured* latency meets the budget is kept (the promise: reported speedups are
-   measured, not predicted);
+   measured, not predicted; with `pick_processes` > 1, meets it in the median of that many processes);
 4. baselines: uniform channel pruning (every layer the same ratio, kept channels rounded to `uniform_align`)
    bisected on *measured* latency to the same budget, and global magnitude pruning at the budget's MAC
    ratio (onnxruntime has no sparse kernel, so it is measured as it is: about as slow as dense);
@@ -137,6 +137,8 @@ class HeadlineConfig(_Strict):
     calib_batches: int = Field(4, ge=0)
     measure_top_k: int = Field(3, ge=1, description="proxy candidates measured per round for the pick")
     verify_processes: int = Field(3, ge=1, description="timing processes of the final re-measurement (median)")
+    pick_processes: int = Field(1, ge=1, description="timing processes whose median must meet the budget for a "
+                                "pick (and a uniform baseline step) to count as within it")
     baselines: list[Literal["uniform_channel", "global_magnitude", "dense_finetuned"]] = Field(
         default_factory=lambda: ["uniform_channel", "global_magnitude", "dense_finetuned"],
         description="dense_finetuned: the dense model given the same fine-tune (what the extra epochs alone buy)")
@@ -198,6 +200,8 @@ def signature(cfg: HeadlineConfig, spec: ModelSpec) -> str:
     relevant["model"] = spec.model_dump(mode="json", exclude={"seeds", "settings", "per_setting"})
     if relevant["model"].get("finetune_lr") is None:  # a model without the override keeps its finished cells
         relevant["model"].pop("finetune_lr", None)
+    if cfg.pick_processes != 1:  # the default keeps the cells computed before the option existed
+        relevant["pick_processes"] = cfg.pick_processes
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -305,13 +309,21 @@ class Measurer:
     fp32 model in the same process, interleaved with the candidates, and reports each candidate as
     `ratio to that dense x reference_ms` (the dense-latency cell's figure): budgets and picks compare
     ratios measured side by side. `measure_dense` sets the reference (median over separate processes).
+
+    Why the caches: a policy's exported artifact (the dynamo export: 3-14 s a model on 2 cores) is kept on
+    disk for the run, so a second timing process or the final verification times the same bytes without
+    exporting again; each timing process's figure is kept, so asking for more processes adds only those.
     """
 
     def __init__(self, cfg: HeadlineConfig, model_name: str, base, calib, shape):
+        import tempfile
+
         self.cfg, self.model_name, self.base, self.calib, self.shape = cfg, model_name, base, calib, shape
-        self.cache: dict[tuple[str, str], float] = {}
+        self.cache: dict[tuple[str, str], list[float]] = {}
         self.reference_ms: float | None = None
         self._dense = None
+        self._artifact_dir = tempfile.TemporaryDirectory(prefix="headline-artifacts-")
+        self._artifacts: dict[tuple[str, str], Path] = {}
 
     def deploy_model(self, policy):
         from automl.search.runner import deployable
@@ -329,15 +341,22 @@ class Measurer:
 
     def export(self, policy, precision: str) -> bytes:
         """The deployed model of `policy` exported for the benchmark runtime at `precision` (an artifact
-        `time_models` times as it is: exporting once serves several timing processes)."""
-        from latency_models import get_runtime
-        from latency_models.measure import example_input
+        `time_models` times as it is), exported once per run and kept on disk."""
+        key = (policy.to_json(indent=None), precision)
+        path = self._artifacts.get(key)
+        if path is None:
+            from latency_models import get_runtime
+            from latency_models.measure import example_input
 
-        return get_runtime(self.cfg.latency.runtime).export(
-            self.deploy_model(policy), example_input(self.shape, self.cfg.latency.batch), precision)
+            data = get_runtime(self.cfg.latency.runtime).export(
+                self.deploy_model(policy), example_input(self.shape, self.cfg.latency.batch), precision)
+            path = Path(self._artifact_dir.name) / f"{len(self._artifacts)}.bin"
+            path.write_bytes(data)
+            self._artifacts[key] = path
+        return path.read_bytes()
 
     def dense_model(self) -> bytes:
-        """The dense model's fp32 artifact, exported once: every measurement times it as the reference."""
+        """The dense model's fp32 artifact: every measurement times it as the reference."""
         if self._dense is None:
             from automl.policy import CompressionPolicy
 
@@ -350,26 +369,38 @@ class Measurer:
         log(f"  dense fp32 in {processes} timing processes: " + ", ".join(f"{m:.3f}" for m in runs) + " ms")
         return statistics.median(runs)
 
-    def measure(self, policies: list, precision: str) -> list[float]:
+    def measure(self, policies: list, precision: str, processes: int = 1) -> list[float]:
+        """Each policy's latency: the median over at least `processes` timing processes (each one's figure
+        relative to the dense model timed in it), timing only the processes a policy does not have yet."""
         if self.reference_ms is None:
             raise RuntimeError("Measurer.reference_ms is not set (measure the dense model first)")
         keys = [(p.to_json(indent=None), precision) for p in policies]
-        todo = [i for i, k in enumerate(keys) if k not in self.cache]
-        if todo:
+        while True:
+            short: dict[tuple[str, str], int] = {}  # one index per policy still short of `processes`
+            for i, k in enumerate(keys):
+                if len(self.cache.get(k, ())) < processes:
+                    short.setdefault(k, i)
+            if not short:
+                break
+            todo = list(short.values())
             ests = self.time_models([(self.dense_model(), "fp32"),
-                                     *((self.deploy_model(policies[i]), precision) for i in todo)])
+                                     *((self.export(policies[i], precision), precision) for i in todo)])
             scale = self.reference_ms / float(ests[0].ms)
             for i, est in zip(todo, ests[1:], strict=True):
-                self.cache[keys[i]] = float(est.ms) * scale
-        return [self.cache[k] for k in keys]
+                self.cache.setdefault(keys[i], []).append(float(est.ms) * scale)
+        return [statistics.median(self.cache[k]) for k in keys]
 
 
 def pick_by_measurement(candidates: list[dict], measurer: Measurer, precision: str, target_ms: float,
-                        k: int, rounds: int = 3) -> tuple[dict, float, bool, int]:
+                        k: int, rounds: int = 3, processes: int = 1) -> tuple[dict, float, bool, int]:
     """The most accurate proxy candidate whose measured latency meets the budget.
 
     Measures the best `k` by proxy accuracy, then the next `k`, up to `rounds` times; if none meets the
     budget, the fastest measured one is returned flagged (the benchmark says so instead of hiding it).
+    With `processes` > 1 a would-be pick counts as within the budget only if its median over that many
+    timing processes is; else the next most accurate one is tried. Why: the candidates crowd at the
+    budget, and the most accurate one a single process timed under it is biased towards timings that came
+    out low (ResNet-20 fp32, Xeon host: four of five picks re-measured 1-2% over in the verification).
     Returns (candidate, measured ms, within budget, candidates measured).
     """
     ok = sorted((c for c in candidates if c["status"] == "ok"), key=lambda c: -c["metrics"].get("accuracy", 0.0))
@@ -382,10 +413,17 @@ def pick_by_measurement(candidates: list[dict], measurer: Measurer, precision: s
             break
         ms = measurer.measure([c["policy"] for c in chunk], precision)
         measured += list(zip(chunk, ms, strict=True))
-        within = [(c, m) for c, m in measured if m <= target_ms]
-        if within:
-            c, m = max(within, key=lambda t: t[0]["metrics"].get("accuracy", 0.0))
-            return c, m, True, len(measured)
+        while True:
+            within = [(i, c) for i, (c, m) in enumerate(measured) if m <= target_ms]
+            if not within:
+                break
+            i, c = max(within, key=lambda t: t[1]["metrics"].get("accuracy", 0.0))
+            (m,) = measurer.measure([c["policy"]], precision, processes)
+            measured[i] = (c, m)
+            if m <= target_ms:
+                return c, m, True, len(measured)
+            log(f"  pick: candidate #{c['index']} over the budget in {processes} timing processes "
+                f"({m:.3f} ms median); trying the next")
     c, m = min(measured, key=lambda t: t[1])
     return c, m, False, len(measured)
 
@@ -415,8 +453,11 @@ def uniform_channel_maker(base, model_name: str, shape, space_cfg, space, align:
 
 
 def uniform_channel_at_latency(base, model_name: str, shape, space_cfg, measurer: Measurer, precision: str,
-                               target_ms: float, align: int, bits: int | None, iters: int = 7):
-    """Uniform channel pruning bisected on the MAC ratio until its *measured* latency meets the budget."""
+                               target_ms: float, align: int, bits: int | None, iters: int = 7,
+                               processes: int = 1):
+    """Uniform channel pruning bisected on the MAC ratio until its *measured* latency meets the budget
+    (with `processes` > 1, a step that one process times within it must hold in the median of that many:
+    the same rule as the searches' picks, `pick_by_measurement`)."""
     from search_spaces import SearchSpace
 
     make = uniform_channel_maker(base, model_name, shape, space_cfg,
@@ -424,13 +465,15 @@ def uniform_channel_at_latency(base, model_name: str, shape, space_cfg, measurer
 
     def measured(policy, ratio: float) -> float:
         (ms,) = measurer.measure([policy], precision)
+        if ms <= target_ms and processes > 1:
+            (ms,) = measurer.measure([policy], precision, processes)
         log(f"  uniform channel at MAC target {ratio:.3f}: measured {ms:.3f} ms (budget {target_ms:.3f})")
         return ms
 
     best, lo = bisect_uniform_channel(make, measured, target_ms, iters)
     if best is None:
         policy = make(lo)
-        (ms,) = measurer.measure([policy], precision)
+        (ms,) = measurer.measure([policy], precision, processes)
         return policy, ms, ms <= target_ms
     return best[0], best[1], True
 
@@ -702,7 +745,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                     errors = sorted({(c.get("error") or "?").splitlines()[0] for c in result.candidates})
                     raise RuntimeError(f"{key}: every candidate of search {result.search_id} failed: {errors[:3]}")
                 cand, ms, within, n_measured = pick_by_measurement(result.candidates, measurer, setting, target_ms,
-                                                                   cfg.measure_top_k)
+                                                                   cfg.measure_top_k, processes=cfg.pick_processes)
                 log(f"  pick: candidate #{cand['index']} proxy {100 * cand['metrics']['accuracy']:.2f}%, "
                     f"measured {ms:.3f} ms ({'within' if within else 'OVER'} budget; {n_measured} measured)")
                 ft = finetune_cell(base, cand["policy"], splits, cfg, spec, seed)
@@ -734,7 +777,8 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                     policy, ms, within = uniform_channel_at_latency(base, spec.name, shape, space_cfg, measurer,
                                                                     setting, target_ms,
                                                                     uniform_align_for(cfg, setting, spec), bits,
-                                                                    iters=cfg.uniform_bisect_steps)
+                                                                    iters=cfg.uniform_bisect_steps,
+                                                                    processes=cfg.pick_processes)
                 else:
                     policy = with_bits(global_magnitude(base, cfg.budget_ratio, shape, model_name=spec.name),
                                        space, bits)
@@ -946,6 +990,13 @@ def verify_processes_text(store: ResultStore) -> str:
     return ", ".join(f"{name}: {v.get('processes', 1)}" for name, v in verified.items()) or "none yet"
 
 
+def pick_processes_text(cfg: HeadlineConfig) -> str:
+    if cfg.pick_processes == 1:
+        return ""
+    return (f"; a pick, and a step of the uniform baseline's bisection, counts as within the budget only if its "
+            f"median over {cfg.pick_processes} timing processes is")
+
+
 def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, store: ResultStore) -> None:
     import torch
 
@@ -971,7 +1022,7 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
         f"with the predicted / measured ratio of the uniform channel-pruned model the profile puts at the budget, "
         f"else of the dense model), then the deploy-verified pick (the "
         f"{cfg.measure_top_k} best proxy candidates measured per round, the most accurate one within the measured "
-        f"budget kept). Same fine-tune for every row of a model (SGD, cosine lr, on the "
+        f"budget kept{pick_processes_text(cfg)}). Same fine-tune for every row of a model (SGD, cosine lr, on the "
         f"training split, masks kept; the *dense + the same fine-tune* row shows what those epochs alone buy the "
         f"unpruned model); per model: {per_model}. Seeds per model (agent + fine-tune): {seeds}; the base "
         "model and data splits use seed 0. *int8*: the whole model runs as onnxruntime static int8 (U8S8, "
