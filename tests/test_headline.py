@@ -313,8 +313,8 @@ def test_pick_holds_the_budget_in_the_median_of_several_timing_processes(tmp_pat
     from automl.policy import CompressionPolicy
 
     h = _headline_module()
-    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path))
-    assert cfg.pick_processes == 1
+    assert h.HeadlineConfig.model_fields["pick_processes"].default == 1
+    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path, pick_processes=1))
 
     def cand(i, tag, acc):
         return {"index": i, "status": "ok", "metrics": {"accuracy": acc},
