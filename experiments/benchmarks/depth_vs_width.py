@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from automl.models import build_model  # noqa: E402
+from automl.models import build_model, count_macs  # noqa: E402
 from latency_models import compare  # noqa: E402
 from search_spaces import apply_policy  # noqa: E402
 from search_spaces.baselines import uniform  # noqa: E402
@@ -45,23 +45,16 @@ def drop_blocks(model: torch.nn.Module, blocks: list[str]) -> torch.nn.Module:
     return out
 
 
-def conv_linear_macs(model: torch.nn.Module) -> int:
-    """Multiply-accumulates of the convs and linears of one forward pass at batch 1."""
-    total = 0
+def mac_ratio(model: torch.nn.Module, dense: torch.nn.Module) -> float:
+    return count_macs(model, SHAPE).total / count_macs(dense, SHAPE).total
 
-    def hook(mod, _inp, out):
-        nonlocal total
-        if isinstance(mod, torch.nn.Conv2d):
-            total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-        elif isinstance(mod, torch.nn.Linear):
-            total += mod.in_features * mod.out_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    with torch.no_grad():
-        model(torch.randn(1, *SHAPE))
-    for h in handles:
-        h.remove()
-    return total
+def timed_speedups(models: list[torch.nn.Module], processes: int) -> tuple[float, str, list[list[float]]]:
+    """Time `models` (the first is the dense reference) interleaved in each of `processes` timing processes:
+    (the dense model's median ms, the device, per model the speedups vs dense in each process)."""
+    runs = [compare(models, SHAPE, runtime="onnxruntime", batch=1, threads=1) for _ in range(processes)]
+    speedups = [[r[0].ms / r[i].ms for r in runs] for i in range(len(models))]
+    return statistics.median(r[0].ms for r in runs), runs[0][0].device, speedups
 
 
 def variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -118,21 +111,17 @@ def accuracy(processes: int) -> int:
     dense_acc = evaluate(base, splits.x_test, splits.y_test)
     comp = accuracy_variants(base, splits)
     names = list(comp)
-    runs = [compare([base] + [comp[n].model for n in names], SHAPE, runtime="onnxruntime", batch=1, threads=1)
-            for _ in range(processes)]
-    dense_macs = conv_linear_macs(base)
-    print(f"dense ResNet-20 (trained 3 epochs): test acc {100 * dense_acc:.2f}%, "
-          f"{statistics.median(r[0].ms for r in runs):.3f} ms ({runs[0][0].device})\n")
+    dense_ms, device, speedups = timed_speedups([base] + [comp[n].model for n in names], processes)
+    print(f"dense ResNet-20 (trained 3 epochs): test acc {100 * dense_acc:.2f}%, {dense_ms:.3f} ms ({device})\n")
     print("| variant | MAC ratio | speedup (median) | test acc before FT | after FT (2 epochs, lr 0.05) |")
     print("|---|---|---|---|---|")
-    for i, name in enumerate(names, start=1):
+    for name, sp in zip(names, speedups[1:], strict=True):
         c = comp[name]
         before = evaluate(c.model, splits.x_test, splits.y_test)
         log(f"fine-tuning {name}")
         finetune(c, splits, 2.0, lr=0.05, seed=0, progress=log)
         after = evaluate(c.model, splits.x_test, splits.y_test)
-        sp = statistics.median(r[0].ms / r[i].ms for r in runs)
-        print(f"| {name} | {conv_linear_macs(c.model) / dense_macs:.3f} | {sp:.2f}x | {100 * before:.2f}% | "
+        print(f"| {name} | {mac_ratio(c.model, base):.3f} | {statistics.median(sp):.2f}x | {100 * before:.2f}% | "
               f"{100 * after:.2f}% |", flush=True)
     return 0
 
@@ -148,19 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     base = build_model("resnet20", 1, 10, 28).eval()
     models = variants(base)
-    names = list(models)
-    dense_macs = conv_linear_macs(base)
-    runs = [compare([models[n] for n in names], SHAPE, runtime="onnxruntime", batch=1, threads=1)
-            for _ in range(args.processes)]
-    dense_ms = statistics.median(r[0].ms for r in runs)
-    print(f"dense ResNet-20: {dense_ms:.3f} ms (onnxruntime fp32, batch 1, 1 thread; {runs[0][0].device})\n")
+    dense_ms, device, speedups = timed_speedups(list(models.values()), args.processes)
+    print(f"dense ResNet-20: {dense_ms:.3f} ms (onnxruntime fp32, batch 1, 1 thread; {device})\n")
     print("| variant | MAC ratio | speedup (median) | speedups per process | speedup x MAC ratio |")
     print("|---|---|---|---|---|")
-    for i, name in enumerate(names):
-        speedups = [r[0].ms / r[i].ms for r in runs]
-        mac = conv_linear_macs(models[name]) / dense_macs
-        sp = statistics.median(speedups)
-        print(f"| {name} | {mac:.3f} | {sp:.2f}x | {', '.join(f'{s:.2f}' for s in speedups)} | {sp * mac:.2f} |")
+    for (name, model), sp in zip(models.items(), speedups, strict=True):
+        mac, med = mac_ratio(model, base), statistics.median(sp)
+        print(f"| {name} | {mac:.3f} | {med:.2f}x | {', '.join(f'{s:.2f}' for s in sp)} | {med * mac:.2f} |")
     return 0
 
 

@@ -321,7 +321,6 @@ class Measurer:
         self.cfg, self.model_name, self.base, self.calib, self.shape = cfg, model_name, base, calib, shape
         self.cache: dict[tuple[str, str], list[float]] = {}
         self.reference_ms: float | None = None
-        self._dense = None
         self._artifact_dir = tempfile.TemporaryDirectory(prefix="headline-artifacts-")
         self._artifacts: dict[tuple[str, str], Path] = {}
 
@@ -357,11 +356,9 @@ class Measurer:
 
     def dense_model(self) -> bytes:
         """The dense model's fp32 artifact: every measurement times it as the reference."""
-        if self._dense is None:
-            from automl.policy import CompressionPolicy
+        from automl.policy import CompressionPolicy
 
-            self._dense = self.export(CompressionPolicy(self.model_name), "fp32")
-        return self._dense
+        return self.export(CompressionPolicy(self.model_name), "fp32")
 
     def measure_dense(self, processes: int = 3) -> float:
         """The dense fp32 model's latency: the median over `processes` separate timing processes."""
