@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -11,9 +16,13 @@ from automl.training import (
     TrainConfig,
     evaluate,
     load_checkpoint,
+    onednn_1x1_hazards,
     train_config_for,
+    train_epochs,
     train_or_load,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_cnn(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
@@ -130,3 +139,57 @@ def test_checkpoints_load_as_plain_data_only(fmnist_small, tmp_path):
     torch.save(blob, ckpt.path)
     with pytest.raises(Exception, match="Weights only load failed"):
         load_checkpoint(ckpt.path)
+
+
+def thin_shortcut_cnn() -> nn.Module:
+    """The shape channel pruning left in the quickstart's best ResNet-20: a strided 1x1 conv on 4 channels."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, 1, 1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 32, 1, 2), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10))
+
+
+def test_onednn_hazards_are_strided_1x1_convs_on_few_channels():
+    assert onednn_1x1_hazards(thin_shortcut_cnn()) == ["3"]
+    safe = nn.Sequential(nn.Conv2d(16, 32, 1, 2), nn.Conv2d(4, 8, 3, 2, 1), nn.Conv2d(4, 8, 1, 1),
+                         nn.Conv2d(32, 32, 1, 2, groups=4))
+    assert onednn_1x1_hazards(safe) == ["3"]  # 8 input channels per group
+    assert onednn_1x1_hazards(nn.Sequential(nn.Conv2d(16, 32, 1, 2), nn.Conv2d(4, 8, 3, 2, 1))) == []
+
+
+def _layouts_seen(model: nn.Module, x: torch.Tensor) -> list[bool]:
+    seen: list[bool] = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].stride(1) == 1))
+    config = TrainConfig(epochs=1, batch_size=32, augment=True)
+    with torch.backends.mkldnn.flags(enabled=False):  # were the workaround broken, this process must survive
+        train_epochs(model, x, torch.zeros(len(x), dtype=torch.long), config)
+    return seen
+
+
+def test_a_model_with_a_hazard_trains_on_nchw_batches_and_others_keep_the_loaders_layout():
+    # single-channel images as the loaders hold them: strides torch reads as channels-last
+    x = torch.randn(64, 28, 28, 1).permute(0, 3, 1, 2)
+    assert x.stride(1) == 1
+    assert _layouts_seen(thin_shortcut_cnn(), x) == [False, False]
+    assert _layouts_seen(small_cnn(), x) == [True, True]
+
+
+def test_training_a_thin_strided_shortcut_does_not_corrupt_the_heap():
+    """Regression for the quickstart crash: in-process it segfaulted (1 thread) or hung (2 threads)."""
+    script = textwrap.dedent("""
+        import sys, torch
+        sys.path.insert(0, sys.argv[1])
+        from tests.test_training import thin_shortcut_cnn
+        from automl.training import TrainConfig, train_epochs
+        torch.manual_seed(0)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            x = torch.randn(512, 28, 28, 1).permute(0, 3, 1, 2)
+            y = torch.randint(0, 10, (512,))
+            history = train_epochs(thin_shortcut_cnn(), x, y, TrainConfig(epochs=2, batch_size=64))
+            assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+        print("trained")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0 and "trained" in proc.stdout, proc.stderr[-2000:]
