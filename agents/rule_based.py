@@ -44,9 +44,12 @@ Step 2, sparsity: every layer gets ``t * w_i`` (snapped to the grid), where ``w_
   context make savings not quite additive). If no sequence of moves meets the budget (the greedy's
   options cannot reach it), step 2 falls back to the spread above. Jittered later proposals (below)
   jitter the per-layer accuracy costs. The onnxruntime / no-predictor behaviour is unchanged.
-Bit-widths: 8 bits where the space offers it (int8 kernels are what CPUs accelerate), else float; float
-  on a block-sparse runtime's profile (sparse-cpu's kernels are fp32: bits would cost accuracy for nothing,
-  and `automl apply --runtime sparse-cpu` refuses them).
+Bit-widths: 8 bits where the space offers it (int8 kernels are what CPUs accelerate) when the latency is
+  of an int8 deployment or there is no latency model; float when the latency profile is of an fp32 runtime
+  and no size budget is set: the latency the search reports is then the float model's, so bits would cost
+  accuracy (fake-quant in every score) for a speed nobody measured, and a printed "weight_bits=8" would
+  contradict the fp32 latency next to it. A block-sparse runtime's profile (sparse-cpu's kernels are fp32)
+  is such an fp32 runtime; `automl apply --runtime sparse-cpu` refuses bits.
 
 There is no search cost: the first proposal is the rule's policy. Later proposals (when asked for
 more) jitter the sensitivities (on a structured profile: the greedy's per-layer accuracy costs) with the
@@ -149,7 +152,7 @@ class RuleBasedAgent(Agent):
         return 0
 
     def _rule_bits(self, act: LayerActions) -> tuple[int, int]:
-        first = (None, 8) if self._structured_profile() else (8, None)
+        first = (None, 8) if self._float_latency_target() else (8, None)
 
         def pick(options: tuple[int | None, ...]) -> int:
             return next((options.index(b) for b in first if b in options), 0)
@@ -165,6 +168,13 @@ class RuleBasedAgent(Agent):
         genes = list(base)
         genes[i] = self._gene(i, option, PROBE_SPARSITY)
         return dense_cost - self.walker.costs(genes)[key]
+
+    def _float_latency_target(self) -> bool:
+        """The latency being optimised is a float model's and no size budget makes bits pay."""
+        profile = getattr(self.cost_model.latency, "profile", None)
+        if profile is None or (self.budget is not None and self.budget.max_size_bytes is not None):
+            return False
+        return self._structured_profile() or getattr(profile, "precision", "fp32") != "int8"
 
     def _structured_profile(self) -> bool:
         """The cost model's latency comes from a profile of a runtime with block-sparse kernels."""

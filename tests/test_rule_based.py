@@ -140,6 +140,28 @@ def block_layers(agent, policy, names, least: float = 0.5):
             and real_sparsity(agent, policy, n) >= least - 1e-9]
 
 
+def test_bits_follow_the_deployment_the_latency_is_of(space, ort_profile):
+    """8 bits only where they pay: an int8 latency target, a size budget, or no latency model at all."""
+    import copy
+
+    def spread_bits(agent) -> set:
+        # the rule's own choice per layer (the budget walker may still clip a layer to its most compressed)
+        return {agent.actions[i].weight_bits[agent.bits[i][0]] for i in range(len(agent.actions))}
+
+    fp32, _ = rule_agent(ort_profile, space)
+    assert spread_bits(fp32) == {None}
+    int8_profile = copy.copy(ort_profile)
+    int8_profile.precision = "int8"
+    int8, _ = rule_agent(int8_profile, space)
+    assert spread_bits(int8) == {8}
+    latency = PredictedLatency(ort_profile, space)
+    sized = make_agent("rule_based", space, Budget(max_latency_ms=0.7 * latency(space.dense_policy()),
+                                                   max_size_bytes=1e6), CostModel(space, latency))
+    assert spread_bits(sized) == {8}
+    no_latency = make_agent("rule_based", space, Budget(max_mac_ratio=0.5), CostModel(space, None))
+    assert spread_bits(no_latency) == {8}
+
+
 def test_on_sparse_cpu_sparsity_goes_past_the_block_kernel_threshold(model, space, sparse_profile):
     """The t * w_i spread gave the block layers 0-0.1 (dense on the kernels) and took all its speed from
     channel pruning of the stem and shortcuts; the greedy allocation jumps them past 50%."""

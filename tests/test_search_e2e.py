@@ -21,6 +21,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from automl.search.progress import proxy_ranking_warning
+
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -131,6 +133,12 @@ def test_tiny_search_logs_expected_runs_and_retries_a_killed_worker(tmp_path, st
         assert 0 <= m["accuracy"] <= 1 and 0 < m["mac_ratio"] <= 0.7 + 1e-9
         assert m["size_bytes"] > 0 and m["params"] > 0
         assert "policy.json" in {f.path for f in client.list_artifacts(run.info.run_id)}
+    # the near-chance warning follows from the logged proxy accuracies: printed and tagged exactly when due
+    due = proxy_ranking_warning([r.data.metrics["accuracy"] for r in proxies], 10,
+                                parent.data.metrics["dense_accuracy"], 0)
+    assert (due is not None) == ("automl.warning" in parent.data.tags) == ("proxy ranking" in proc.stderr)
+    if due is not None:
+        assert due in proc.stderr and parent.data.tags["automl.warning"] == due[len("warning: "):]
     (tuned,) = _children(client, search_id, "finetuned")
     assert "finetuned_accuracy" in tuned.data.metrics
     assert "model.onnx" in {f.path for f in client.list_artifacts(tuned.info.run_id)}, tuned.data.tags.get(

@@ -30,7 +30,7 @@ from typing import Any
 
 from automl.search.config import SearchConfig
 from automl.search.pareto import pareto_front, plot_pareto
-from automl.search.progress import SearchProgress
+from automl.search.progress import SearchProgress, proxy_ranking_warning
 from automl.search.tracking_log import SearchTracker, json_dumps
 
 Printer = Callable[[str], None]
@@ -291,6 +291,12 @@ class SearchRunner:
             tracker.log_parent_metrics({"trials_seconds": seconds, "candidates_per_minute": 60 * remaining / seconds})
         else:
             self.print("all candidates already evaluated; going straight to fine-tuning")
+        warning = proxy_ranking_warning(
+            [c["metrics"].get("accuracy", 0.0) for c in candidates if c["status"] == "ok"], int(meta["num_classes"]),
+            dense.get("dense_accuracy"), cfg.evaluation.proxy_finetune_steps)
+        if warning is not None:
+            self.print(warning)
+            tracker.update_parent_tags({"automl.warning": warning[len("warning: "):][:5000]})
 
         finetuned = self._finetune_top_k(tracker, candidates, base, splits, space, profile, state_dir)
         if (state_dir / "latency_pairs.jsonl").is_file():
