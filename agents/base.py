@@ -342,7 +342,8 @@ class BudgetWalker:
 
     The invariant: after layers 0..i-1 are decided, (decided prefix + most-compressed rest) meets the
     budget. A layer's proposed gene is accepted if it keeps the invariant; otherwise its sparsity is
-    raised along the grid, and failing that the layer takes its most-compressed gene (which keeps the
+    raised along the grid, and failing that the layer takes its most-compressed scheme and sparsity at the
+    proposed bit-widths if that keeps the invariant, else its most-compressed gene (which keeps the
     invariant by induction). The finished policy therefore always meets the budget.
     """
 
@@ -411,7 +412,15 @@ class BudgetWalker:
                 cand = Gene(gene.option, s, gene.wbits, gene.abits)
                 if self.budget.check(self.costs(list(prefix) + [cand] + rest)):
                     return cand
-        return self.max_compressed[index]
+        # the most compressed gene, at the proposed bit-widths when those keep the invariant: lower bits
+        # only where they lower the binding cost (a size budget), never as a side effect of a latency clip
+        # on a float runtime, where they would cost accuracy and buy nothing
+        most = self.max_compressed[index]
+        if (gene.wbits, gene.abits) != (most.wbits, most.abits):
+            cand = Gene(most.option, most.sparsity, gene.wbits, gene.abits)
+            if self.budget.check(self.costs(list(prefix) + [cand] + rest)):
+                return cand
+        return most
 
     def walk(self, genes: Sequence[Gene]) -> list[Gene]:
         """Clip a whole gene list in layer order; a shortcut skips the walk when it already fits."""

@@ -134,3 +134,25 @@ def test_unknown_agent_and_option_errors(space):
 def test_latency_budget_without_predictor_is_refused(space):
     with pytest.raises(ValueError, match="no latency predictor"):
         make_agent("random", space, Budget(max_latency_ms=1.0), CostModel(space))
+
+
+def test_the_walker_lowers_bits_only_when_the_binding_cost_needs_it(space_bits):
+    """A clipped layer keeps its proposed bit-widths unless fewer bits are what brings the budget in reach."""
+    from agents import BudgetWalker
+
+    def walk_float(budget: Budget) -> list:
+        walker = BudgetWalker(space_bits, budget, CostModel(space_bits))
+        float_genes = [walker.dense[i] for i in range(len(walker.actions))]  # dense and float everywhere
+        assert all(a.weight_bits[g.wbits] is None for a, g in zip(walker.actions, float_genes, strict=True))
+        genes = walker.walk(float_genes)
+        assert walker.fits(genes)
+        return [a.weight_bits[g.wbits] for a, g in zip(walker.actions, genes, strict=True)]
+
+    # MACs do not depend on bits: a tight MAC budget clips sparsity and schemes, never the float bits
+    assert set(walk_float(Budget(max_mac_ratio=0.2))) == {None}
+    # size does: a tight size budget is met only with fewer bits
+    assert set(walk_float(Budget(max_size_bytes=0.2 * _dense_size(space_bits)))) - {None}
+
+
+def _dense_size(space) -> float:
+    return CostModel(space).costs(space.dense_policy())["size_bytes"]
