@@ -210,6 +210,9 @@ class SearchRunner:
         search_id = tracker.parent_id
         state_dir = state_dir_for(search_id)
         done = tracker.completed_candidates("proxy") if (self.resume or self.parent_run_id) else []
+        if tracker.discarded:
+            self.print(f"discarded {len(tracker.discarded)} half-written candidate record(s) of the stopped run "
+                       f"(deleted in MLflow: {', '.join(tracker.discarded)}); their candidates are evaluated again")
         if done:
             self.print(f"resuming search {search_id}: {len(done)} candidate(s) already evaluated")
         try:

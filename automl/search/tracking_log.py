@@ -51,6 +51,7 @@ class SearchTracker:
         self.tracking_uri = tracking_uri
         self.experiment_id = ensure_experiment(self.client, experiment)  # artifacts beside the store, not ./mlruns
         self.parent_id: str | None = None
+        self.discarded: list[str] = []  # half-written child runs deleted on resume (completed_candidates)
 
     # ------------------------------------------------------------------ parent
     def start_parent(self, name: str, tags: dict[str, str], params: dict[str, str]) -> str:
@@ -118,7 +119,9 @@ class SearchTracker:
         return run_id
 
     def completed_candidates(self, stage: str = "proxy") -> list[dict[str, Any]]:
-        """Children already logged for this parent (used by --resume): index, policy, metrics, status."""
+        """Children already logged for this parent (used by --resume): index, policy, metrics, status.
+        Half-written children (the driver was killed while logging one) are deleted and listed in
+        `discarded`; only the driver that owns the search may call this."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{SEARCH_ID}` = '{self.parent_id}' and tags.`{ROLE}` = 'candidate' "
@@ -127,6 +130,13 @@ class SearchTracker:
         out = []
         with tempfile.TemporaryDirectory() as tmp:
             for run in runs:
+                if run.info.status not in ("FINISHED", "FAILED"):
+                    # `log_candidate` terminates a child last: one still RUNNING is a record a killed driver
+                    # left half-written (no policy.json, say). It is deleted (MLflow keeps deleted runs
+                    # restorable) and its candidate evaluated again, so the search never counts it twice.
+                    self.client.delete_run(run.info.run_id)
+                    self.discarded.append(run.info.run_id)
+                    continue
                 path = self.client.download_artifacts(run.info.run_id, "policy.json", tmp)
                 out.append({"run_id": run.info.run_id, "index": int(run.data.tags["automl.candidate"]),
                             "policy": CompressionPolicy.load(path), "metrics": dict(run.data.metrics),
