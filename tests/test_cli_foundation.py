@@ -123,3 +123,22 @@ def test_unknown_command_and_help():
     assert result.returncode == 2 and "invalid choice" in result.stderr
     help_text = automl("--help")
     assert help_text.returncode == 0 and "models" in help_text.stdout and "train" in help_text.stdout
+
+
+def test_search_summary_spells_out_a_zero_sparsity():
+    """A policy's JSON omits a zero sparsity: the printed decision must not read as a pruned layer."""
+    from automl.cli.search_cmd import format_summary
+
+    summary = {"search_id": "s", "candidates": 1, "failed": 0, "dense": {}, "mlflow_ui": "mlflow ui",
+               "best": {"candidate": 0, "run_id": "r", "stage": "proxy", "accuracy": 0.9, "latency_ms": None,
+                        "mac_ratio": 0.5, "policy": {"layers": {
+                            "fc": {"scheme": "unstructured"},
+                            "conv1": {"scheme": "channel", "align": 8},
+                            "conv2": {"scheme": "channel", "sparsity": 0.5, "align": 8},
+                            "conv3": {"scheme": "nm", "n": 2, "m": 4},
+                            "conv4": {"scheme": "dense"}}}}}
+    lines = {line.split()[0]: line for line in format_summary(summary).splitlines() if line.startswith("  ")}
+    assert lines["fc"].rstrip().endswith("unstructured   sparsity=0 (unpruned)")
+    assert lines["conv1"].rstrip().endswith("sparsity=0 (unpruned), align=8")
+    assert lines["conv2"].rstrip().endswith("sparsity=0.5, align=8")
+    assert "unpruned" not in lines["conv3"] and "unpruned" not in lines["conv4"]

@@ -91,6 +91,8 @@ def format_summary(s: dict) -> str:
         for name, d in best["policy"]["layers"].items():
             extras = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in d.items() if k != "scheme")
+            if d["scheme"] not in ("dense", "nm") and "sparsity" not in d:  # JSON omits a zero sparsity
+                extras = "sparsity=0 (unpruned)" + (f", {extras}" if extras else "")
             lines.append(f"  {name:32s} {d['scheme']:14s} {extras}")
     else:
         lines.append("no candidate succeeded")
