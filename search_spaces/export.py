@@ -19,9 +19,12 @@ Choices, each measured or documented:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +48,23 @@ class ExportResult:
     nodes: int
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence what the dynamo exporter prints on every export without anything being wrong: one warning per
+    torchvision op it cannot register ("torchvision is not installed. Skipping torchvision::nms", four a
+    model) and torch pytree's LeafSpec FutureWarning. In a search they drowned the progress lines; real
+    errors still raise (ExportError) and other warnings still show."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 18, *,
                 dynamic_batch: bool = True) -> ExportResult:
     """Export a float copy of `model` (fake-quant stripped, eval mode) to ONNX; BN is folded into convs.
@@ -63,8 +83,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     if dynamic_batch:
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
     try:
-        torch.onnx.export(float_model, (example_input,), str(path), dynamo=True, opset_version=opset,
-                          external_data=False, verbose=False, **kwargs)
+        with _quiet_exporter():
+            torch.onnx.export(float_model, (example_input,), str(path), dynamo=True, opset_version=opset,
+                              external_data=False, verbose=False, **kwargs)
     except Exception as exc:  # the exporter raises many types; name the step
         raise ExportError(f"torch.onnx.export (dynamo) failed for {type(model).__name__}: {exc}. "
                           "Check that the model runs on the example input in eval mode.") from exc

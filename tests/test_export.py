@@ -82,3 +82,21 @@ def test_errors_name_the_problem(exported, fmnist_small, tmp_path):
         quantize_onnx_int8(exported.path, fmnist_small.x_train[:0], tmp_path / "x.onnx")
     with pytest.raises(ExportError, match="layers=\\[\\]"):
         quantize_onnx_int8(exported.path, fmnist_small.x_train[:8], tmp_path / "x.onnx", layers=[])
+
+
+def test_export_prints_none_of_the_exporters_routine_noise(tmp_path, capfd, caplog):
+    """A search exports every fine-tuned candidate: the dynamo exporter's per-export torchvision warnings
+    (four lines a model) used to bury the progress output."""
+    import logging
+    import warnings
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)).eval()
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        export_onnx(model, torch.zeros(1, 1, 28, 28), tmp_path / "m.onnx", dynamic_batch=False)
+    err = capfd.readouterr().err + caplog.text  # torch's own handler (a terminal) or pytest's capture
+    assert "torchvision is not installed" not in err, err[-2000:]
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    assert logger.level == level  # the exporter's logger is restored afterwards
