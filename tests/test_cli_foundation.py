@@ -142,3 +142,16 @@ def test_search_summary_spells_out_a_zero_sparsity():
     assert lines["conv1"].rstrip().endswith("sparsity=0 (unpruned), align=8")
     assert lines["conv2"].rstrip().endswith("sparsity=0.5, align=8")
     assert "unpruned" not in lines["conv3"] and "unpruned" not in lines["conv4"]
+
+
+def test_search_summary_prefers_the_side_by_side_speedup():
+    from automl.cli.search_cmd import format_summary
+
+    best = {"candidate": 3, "run_id": "r", "stage": "finetuned", "accuracy": 0.88, "latency_ms": 0.67,
+            "latency_source": "measured", "mac_ratio": 0.37, "policy": {"layers": {}}}
+    base = {"search_id": "s", "candidates": 4, "failed": 0, "mlflow_ui": "mlflow ui",
+            "dense": {"dense_accuracy": 0.9, "dense_latency_ms": 1.405}}
+    side = format_summary({**base, "best": {**best, "speedup_measured": 2.42}})
+    assert "speedup over dense: 2.42x (measured: the dense model and the policy timed side by side" in side
+    plain = format_summary({**base, "best": {**best, "speedup_measured": None}})
+    assert "speedup over dense: 2.10x" in plain and "side by side" not in plain

@@ -309,3 +309,25 @@ def test_in_loop_latency_is_calibrated_at_the_measured_dense_model():
     wild = {"dense_latency_ms_predicted": predicted, "dense_latency_ms": 3 * predicted}
     assert runner._calibrated(profile, wild) is profile and "rebuild it" in said[-1]
     assert not SearchConfig.from_dict({"latency": {"calibrate": False}}, source="test").latency.calibrate
+
+
+def test_a_fine_tuned_pick_is_timed_beside_the_dense_model():
+    """The reported speedup is a ratio of two models timed interleaved in one process (real onnxruntime),
+    with the dense model exported once per search."""
+    import torch
+
+    from automl.models import build_model
+    from automl.search.config import SearchConfig
+    from automl.search.runner import SearchRunner
+
+    torch.manual_seed(0)
+    dense = build_model("resnet20", 1, 10, 28).eval()
+    thin = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    runner = SearchRunner(SearchConfig.from_dict({"budget": {"max_latency_ratio": 0.5}}, source="test"))
+    d1, small = runner._measure_beside_dense(dense, thin, (1, 28, 28))
+    artifact = runner._dense_artifact
+    assert isinstance(artifact, bytes) and d1.ms > 0 and small.ms > 0
+    assert d1.ms > small.ms  # a ResNet-20 against a one-conv net: no timing noise flips that
+    d2, _ = runner._measure_beside_dense(dense, thin, (1, 28, 28))
+    assert runner._dense_artifact is artifact and d2.ms > 0

@@ -65,6 +65,7 @@ def summarize(result) -> dict:
                        "accuracy": m.get("accuracy"), "latency_ms": m.get("latency_ms"),
                        "latency_source": "measured" if "latency_ms_measured" in m else "predicted",
                        "mac_ratio": m.get("mac_ratio"), "size_bytes": m.get("size_bytes"),
+                       "speedup_measured": m.get("speedup_measured"),
                        "policy": best["policy"].to_dict()}
     out["mlflow_ui"] = mlflow_ui_command(result.tracking_uri)
     return out
@@ -85,7 +86,10 @@ def format_summary(s: dict) -> str:
         lat = f"{best['latency_ms']:.3f} ms ({best['latency_source']})" if best.get("latency_ms") is not None else "n/a"
         lines.append(f"best policy (candidate #{best['candidate']}, {best['stage']}): accuracy "
                      f"{100 * best['accuracy']:.2f}%, latency {lat}, MACs {100 * (best['mac_ratio'] or 0):.1f}% of dense")
-        if "dense_latency_ms" in dense and best.get("latency_ms"):
+        if best.get("speedup_measured"):
+            lines.append(f"speedup over dense: {best['speedup_measured']:.2f}x (measured: the dense model and the "
+                         "policy timed side by side in one process)")
+        elif "dense_latency_ms" in dense and best.get("latency_ms"):
             lines.append(f"speedup over dense: {dense['dense_latency_ms'] / best['latency_ms']:.2f}x")
         lines.append("per-layer decisions:")
         for name, d in best["policy"]["layers"].items():
