@@ -170,11 +170,12 @@ class RuleBasedAgent(Agent):
         return dense_cost - self.walker.costs(genes)[key]
 
     def _float_latency_target(self) -> bool:
-        """The latency being optimised is a float model's and no size budget makes bits pay."""
+        """The latency being optimised is a float model's (every structured profile is: sparse-cpu runs fp32
+        only) and no size budget makes bits pay."""
         profile = getattr(self.cost_model.latency, "profile", None)
-        if profile is None or (self.budget is not None and self.budget.max_size_bytes is not None):
+        if profile is None or self.budget.max_size_bytes is not None:
             return False
-        return self._structured_profile() or getattr(profile, "precision", "fp32") != "int8"
+        return getattr(profile, "precision", "fp32") != "int8"
 
     def _structured_profile(self) -> bool:
         """The cost model's latency comes from a profile of a runtime with block-sparse kernels."""

@@ -76,6 +76,8 @@ def mlflow_ui_command(tracking_uri: str) -> str:
 
 
 def format_summary(s: dict) -> str:
+    from agents.base import LayerActions
+
     lines = [f"search {s['search_id']}: {s['candidates']} candidates ({s['failed']} failed)"]
     dense = s.get("dense", {})
     if "dense_latency_ms" in dense:
@@ -95,7 +97,7 @@ def format_summary(s: dict) -> str:
         for name, d in best["policy"]["layers"].items():
             extras = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in d.items() if k != "scheme")
-            if d["scheme"] not in ("dense", "nm") and "sparsity" not in d:  # JSON omits a zero sparsity
+            if LayerActions.has_sparsity(d) and "sparsity" not in d:  # JSON omits a zero sparsity
                 extras = "sparsity=0 (unpruned)" + (f", {extras}" if extras else "")
             lines.append(f"  {name:32s} {d['scheme']:14s} {extras}")
     else:
