@@ -73,12 +73,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="add a row 'uniform_matched': uniform channel pruning (aligned to 8) bisected on its MAC "
                          "target until it runs at least as fast here as METHOD's policy (the table's uniform row "
                          "was matched on the table's host, and speedups differ between CPUs)")
-    ap.add_argument("--seed", type=int, default=0, help="the table's seed (policy) and the fine-tune's seed")
+    ap.add_argument("--seed", type=int, default=0, help="the table's seed (whose kept policies are used)")
+    ap.add_argument("--finetune-seed", type=int, default=None, help="the fine-tune's seed (default: --seed); "
+                    "results of a seed other than 0 are keyed EPOCHS:LR:sSEED")
     ap.add_argument("--processes", type=int, default=3, help="timing processes (median speedup)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for fine-tuning")
     ap.add_argument("--out", type=Path, default=Path("finetune_length.json"), help="results file (resumable)")
     args = ap.parse_args(argv)
     recipes = args.recipe or [(0.25, 0.01), (2.0, 0.05)]
+    ft_seed = args.seed if args.finetune_seed is None else args.finetune_seed
+
+    def recipe_key(epochs: float, lr: float) -> str:
+        return f"{epochs:g}:{lr:g}" + (f":s{ft_seed}" if ft_seed else "")
     cells = json.loads(RESULTS.read_text())["cells"]
     policies = {m: kept_policy(cells, args.model, m, args.seed) for m in args.methods}
 
@@ -148,28 +154,28 @@ def main(argv: list[str] | None = None) -> int:
     for method, (policy, _cell) in policies.items():
         row = rows[method]
         for epochs, lr in recipes:
-            name = f"{epochs:g}:{lr:g}"
+            name = recipe_key(epochs, lr)
             if name in row.setdefault("finetunes", {}):
                 continue
             t0 = time.perf_counter()
             torch.set_num_threads(args.threads)
-            ft = finetune_and_test(base, policy, splits, epochs=epochs, calib_batches=4, lr=lr, seed=args.seed,
+            ft = finetune_and_test(base, policy, splits, epochs=epochs, calib_batches=4, lr=lr, seed=ft_seed,
                                    progress=stderr_progress)
             ft["wall_s"] = time.perf_counter() - t0
             row["finetunes"][name] = ft
             args.out.write_text(json.dumps(done, indent=1))
-            print(f"{method}: fine-tune {epochs:g} epoch(s) at lr {lr:g}: test accuracy "
+            print(f"{method}: fine-tune {epochs:g} epoch(s) at lr {lr:g}, seed {ft_seed}: test accuracy "
                   f"{100 * ft['test_accuracy']:.2f}% (before {100 * ft['test_accuracy_before']:.2f}%, "
                   f"{ft['wall_s']:.0f} s)", flush=True)
 
     table_dense = float(cells[f"{args.model}/fp32/dense/s0"]["test_acc"])
     print(f"\n{args.model} on {done['device']}: dense (no fine-tune) {100 * done['dense_test_acc']:.2f}% here, "
           f"{100 * table_dense:.2f}% in the table")
-    header = " | ".join(f"{r[0]:g} ep @ {r[1]:g}" for r in recipes)
+    header = " | ".join(f"{r[0]:g} ep @ {r[1]:g}, seed {ft_seed}" for r in recipes)
     print(f"| method | speedup here | {header} |")
     for method in policies:
         row = rows[method]
-        accs = " | ".join(f"{100 * row['finetunes'][f'{e:g}:{lr:g}']['test_accuracy']:.2f}%" for e, lr in recipes)
+        accs = " | ".join(f"{100 * row['finetunes'][recipe_key(e, lr)]['test_accuracy']:.2f}%" for e, lr in recipes)
         print(f"| {method} | {row['speedup']:.2f}x | {accs} |")
     return 0
 
