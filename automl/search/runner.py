@@ -192,9 +192,8 @@ class SearchRunner:
         if self._dense_artifact is None:  # exported once per search (the deployment export takes seconds)
             self._dense_artifact = get_runtime(cfg.runtime).export(
                 deployable(base), example_input(input_shape, cfg.batch), cfg.precision)
-        dense, est = compare([self._dense_artifact, model], input_shape, runtime=cfg.runtime, batch=cfg.batch,
-                             threads=cfg.threads, precision=cfg.precision, device=cfg.device)
-        return dense, est
+        return compare([self._dense_artifact, model], input_shape, runtime=cfg.runtime, batch=cfg.batch,
+                       threads=cfg.threads, precision=cfg.precision, device=cfg.device)
 
     def _budget(self, dense_latency_ms: float | None):
         """The config's budget; a ratio budget is of `dense_latency_ms`, the dense model's latency on the

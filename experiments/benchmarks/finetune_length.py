@@ -53,6 +53,21 @@ def parse_recipe(text: str) -> tuple[float, float]:
     return epochs, lr
 
 
+def speedups_beside(dense_artifact: bytes, model, shape, processes: int) -> list[float]:
+    """Speedup of `model` over the dense model (exported once, as onnxruntime fp32 bytes), timed
+    interleaved with it (onnxruntime fp32, batch 1, 1 thread), in each of `processes` timing processes."""
+    runs = []
+    for _ in range(processes):
+        dense, pruned = compare([dense_artifact, model], shape, runtime="onnxruntime", batch=1, threads=1)
+        runs.append(float(dense.ms) / float(pruned.ms))
+    return runs
+
+
+def dense_artifact(base, shape) -> bytes:
+    """The dense model exported for onnxruntime fp32 once, to be timed beside every policy."""
+    return get_runtime("onnxruntime").export(deployable(base), example_input(shape, 1), "fp32")
+
+
 def kept_policy(cells: dict, model: str, method: str, seed: int) -> tuple[CompressionPolicy, dict]:
     key = f"{model}/fp32/{method}/s{seed}"
     if key not in cells:
@@ -85,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def recipe_key(epochs: float, lr: float) -> str:
         return f"{epochs:g}:{lr:g}" + (f":s{ft_seed}" if ft_seed else "")
+
     cells = json.loads(RESULTS.read_text())["cells"]
     policies = {m: kept_policy(cells, args.model, m, args.seed) for m in args.methods}
 
@@ -101,15 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         done["dense_test_acc"] = float(evaluate(base, splits.x_test, splits.y_test))
 
     evaluator = ProxyEvaluator(base, splits, val_images=len(splits.x_val), calib_batches=4)
-    dense_art = get_runtime("onnxruntime").export(deployable(base), example_input(shape, 1), "fp32")
+    dense_art = dense_artifact(base, shape)
 
     def speedups(policy: CompressionPolicy, processes: int) -> list[float]:
-        model = deployable(evaluator.compress(policy).model)
-        runs = []
-        for _ in range(processes):
-            dense, pruned = compare([dense_art, model], shape, runtime="onnxruntime", batch=1, threads=1)
-            runs.append(float(dense.ms) / float(pruned.ms))
-        return runs
+        return speedups_beside(dense_art, deployable(evaluator.compress(policy).model), shape, processes)
 
     for method, (policy, cell) in policies.items():
         row = rows.setdefault(method, {"table_test_acc": cell["test_acc"],
@@ -158,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             if name in row.setdefault("finetunes", {}):
                 continue
             t0 = time.perf_counter()
-            torch.set_num_threads(args.threads)
             ft = finetune_and_test(base, policy, splits, epochs=epochs, calib_batches=4, lr=lr, seed=ft_seed,
                                    progress=stderr_progress)
             ft["wall_s"] = time.perf_counter() - t0

@@ -21,12 +21,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # finetune_length.py, for its timing helpers
+
+from finetune_length import dense_artifact, speedups_beside  # noqa: E402
 
 from automl.data import load_dataset  # noqa: E402
 from automl.evaluation import ProxyEvaluator, finetune  # noqa: E402
 from automl.search.runner import deployable  # noqa: E402
 from automl.training import evaluate, train_or_load  # noqa: E402
-from latency_models import compare  # noqa: E402
 from search_spaces.baselines import uniform  # noqa: E402
 
 SHAPE = (1, 28, 28)
@@ -42,14 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     base = train_or_load("resnet20", "fashion-mnist", epochs=3, seed=0).model
     splits = load_dataset("fashion-mnist", seed=0)
     evaluator = ProxyEvaluator(base, splits, val_images=len(splits.x_val), calib_batches=4)
+    dense = dense_artifact(base, SHAPE)  # exported once, timed beside every target
     speedups = {}
     for target in args.targets:
         policy = uniform(base, "channel", target, SHAPE, model_name="resnet20", align=8)
-        model = deployable(evaluator.compress(policy).model)
-        runs = []
-        for _ in range(args.processes):
-            dense, pruned = compare([deployable(base), model], SHAPE, runtime="onnxruntime", batch=1, threads=1)
-            runs.append(float(dense.ms) / float(pruned.ms))
+        runs = speedups_beside(dense, deployable(evaluator.compress(policy).model), SHAPE, args.processes)
         speedups[target] = (policy, statistics.median(runs))
         print(f"uniform channel at MAC target {target:.2f}: {statistics.median(runs):.2f}x "
               f"({', '.join(f'{r:.2f}' for r in runs)})", flush=True)
