@@ -44,6 +44,7 @@ from latency_models.estimate import device_name  # noqa: E402
 from latency_models.measure import example_input  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "benchmarks" / "headline_results.json"
+CONFIG = ROOT / "experiments" / "benchmarks" / "headline.yaml"
 
 
 def parse_recipe(text: str) -> tuple[float, float]:
@@ -95,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", type=parse_recipe, action="append", default=None,
                     help="EPOCHS:LR of one fine-tune (repeatable); default 0.25:0.01 and 2:0.05")
     ap.add_argument("--uniform-match", metavar="METHOD", default=None,
-                    help="add a row 'uniform_matched': uniform channel pruning (aligned to 8, int8: 16) bisected on its MAC "
-                         "target until it runs at least as fast here as METHOD's policy (the table's uniform row "
-                         "was matched on the table's host, and speedups differ between CPUs)")
+                    help="add a row 'uniform_matched': uniform channel pruning (kept channels rounded as the "
+                         "table's uniform row: headline.yaml's uniform_align, 8; int8: 16) bisected on its MAC "
+                         "target until it runs at least as fast here as METHOD's policy (the table's uniform "
+                         "row was matched on the table's host, and speedups differ between CPUs)")
     ap.add_argument("--seed", type=int, default=0, help="the table's seed (whose kept policies are used)")
     ap.add_argument("--finetune-seed", type=int, default=None, help="the fine-tune's seed (default: --seed); "
                     "results of a seed other than 0 are keyed EPOCHS:LR:sSEED")
@@ -156,12 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         target = rows[args.uniform_match]["speedup"]
         row = rows.get("uniform_matched")
         if row is None or row.get("matched_to") != [args.uniform_match, target]:
-            from headline import bisect_uniform_channel, with_bits
+            from headline import HeadlineConfig, bisect_uniform_channel, uniform_align_for, with_bits
 
             from search_spaces import SearchSpace
             from search_spaces.baselines import uniform
 
-            align, bits = (8, None) if args.setting == "fp32" else (16, 8)
+            cfg = HeadlineConfig.from_yaml(CONFIG)
+            align = uniform_align_for(cfg, args.setting, next((m for m in cfg.models if m.name == args.model), None))
+            bits = None if args.setting == "fp32" else 8
             space = SearchSpace.from_model(base, args.model, shape)
 
             def one_process(policy, ratio):
@@ -202,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ft['wall_s']:.0f} s)", flush=True)
 
     table_dense = float(cells[f"{args.model}/fp32/dense/s0"]["test_acc"])
-    print(f"\n{args.model}, {args.setting} policies, on {done['device']}: dense (no fine-tune) {100 * done['dense_test_acc']:.2f}% here, "
-          f"{100 * table_dense:.2f}% in the table")
+    print(f"\n{args.model}, {args.setting} policies, on {done['device']}: dense (no fine-tune) "
+          f"{100 * done['dense_test_acc']:.2f}% here, {100 * table_dense:.2f}% in the table")
     header = " | ".join(f"{r[0]:g} ep @ {r[1]:g}, seed {ft_seed}" for r in recipes)
     print(f"| method | speedup here | {header} |")
     for method in policies:
