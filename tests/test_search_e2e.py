@@ -140,7 +140,10 @@ def test_tiny_search_logs_expected_runs_and_retries_a_killed_worker(tmp_path, st
     if due is not None:
         assert due in proc.stderr and parent.data.tags["automl.warning"] == due[len("warning: "):]
     (tuned,) = _children(client, search_id, "finetuned")
-    assert "finetuned_accuracy" in tuned.data.metrics
+    assert "finetuned_accuracy" in tuned.data.metrics and 0 <= tuned.data.metrics["val_accuracy"] <= 1
+    # the best policy is the fine-tuned one, chosen on validation and reported on test accuracy
+    assert "chosen on validation accuracy" in proc.stdout
+    assert parent.data.tags["automl.best_run_id"] == tuned.info.run_id
     assert "model.onnx" in {f.path for f in client.list_artifacts(tuned.info.run_id)}, tuned.data.tags.get(
         "automl.onnx_error")
 

@@ -62,7 +62,8 @@ def summarize(result) -> dict:
     if best is not None:
         m = best["metrics"]
         out["best"] = {"candidate": best["index"], "run_id": best.get("run_id"), "stage": best.get("stage", "proxy"),
-                       "accuracy": m.get("accuracy"), "latency_ms": m.get("latency_ms"),
+                       "accuracy": m.get("accuracy"), "val_accuracy": m.get("val_accuracy"),
+                       "latency_ms": m.get("latency_ms"),
                        "latency_source": "measured" if "latency_ms_measured" in m else "predicted",
                        "mac_ratio": m.get("mac_ratio"), "size_bytes": m.get("size_bytes"),
                        "speedup_measured": m.get("speedup_measured"),
@@ -86,8 +87,12 @@ def format_summary(s: dict) -> str:
     best = s.get("best")
     if best:
         lat = f"{best['latency_ms']:.3f} ms ({best['latency_source']})" if best.get("latency_ms") is not None else "n/a"
-        lines.append(f"best policy (candidate #{best['candidate']}, {best['stage']}): accuracy "
-                     f"{100 * best['accuracy']:.2f}%, latency {lat}, MACs {100 * (best['mac_ratio'] or 0):.1f}% of dense")
+        acc = f"accuracy {100 * best['accuracy']:.2f}%"
+        if best.get("val_accuracy") is not None:  # fine-tuned: chosen on validation, reported on test
+            acc = (f"test accuracy {100 * best['accuracy']:.2f}% (chosen on validation accuracy "
+                   f"{100 * best['val_accuracy']:.2f}%)")
+        lines.append(f"best policy (candidate #{best['candidate']}, {best['stage']}): {acc}, latency {lat}, "
+                     f"MACs {100 * (best['mac_ratio'] or 0):.1f}% of dense")
         if best.get("speedup_measured"):
             lines.append(f"speedup over dense: {best['speedup_measured']:.2f}x (measured: the dense model and the "
                          "policy timed side by side in one process)")

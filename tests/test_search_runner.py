@@ -1,0 +1,68 @@
+"""The search's final choice: chosen on validation accuracy, within the budget where it was measured.
+
+The end-to-end flow (Ray, MLflow, the fine-tune itself) is covered by test_search_e2e.py; these tests pin
+the choice among fine-tuned candidates, which the end-to-end test cannot steer."""
+
+from __future__ import annotations
+
+from automl.policy import CompressionPolicy
+from automl.search.config import SearchConfig
+from automl.search.runner import SearchRunner, measured_within_budget
+
+
+def _runner(budget: dict, printed: list[str]) -> SearchRunner:
+    cfg = SearchConfig.from_dict({"budget": budget, "candidates": 4})
+    return SearchRunner(cfg, tracking_uri="sqlite:///unused.db", printer=printed.append)
+
+
+def _cand(index: int, val: float, test: float, **metrics: float) -> dict:
+    return {"index": index, "policy": CompressionPolicy("m", {}), "stage": "finetuned", "status": "ok",
+            "metrics": {"accuracy": test, "finetuned_accuracy": test, "val_accuracy": val, **metrics}}
+
+
+def test_measured_within_budget_reads_the_configured_bound():
+    cfg = SearchConfig.from_dict({"budget": {"max_latency_ms": 1.0}})
+    assert measured_within_budget({"latency_ms_measured": 0.9}, cfg.budget) is True
+    assert measured_within_budget({"latency_ms_measured": 1.1}, cfg.budget) is False
+    assert measured_within_budget({"latency_ms": 0.5}, cfg.budget) is None  # predicted only: not judged
+    ratio = SearchConfig.from_dict({"budget": {"max_latency_ratio": 0.5}}).budget
+    assert measured_within_budget({"latency_ms_measured": 0.9, "dense_latency_ms_side_by_side": 2.0}, ratio) is True
+    assert measured_within_budget({"latency_ms_measured": 1.1, "dense_latency_ms_side_by_side": 2.0},
+                                  ratio) is False
+    assert measured_within_budget({"latency_ms_measured": 1.1}, ratio) is None  # no dense timed beside it
+    macs_only = SearchConfig.from_dict({"budget": {"max_mac_ratio": 0.5}}).budget
+    assert measured_within_budget({"latency_ms_measured": 9.0}, macs_only) is None
+
+
+def test_best_is_chosen_on_validation_not_test_accuracy():
+    printed: list[str] = []
+    runner = _runner({"max_latency_ms": 1.0}, printed)
+    best = runner._best_finetuned([_cand(0, val=0.80, test=0.90), _cand(1, val=0.85, test=0.86)])
+    assert best["index"] == 1
+    assert not printed
+
+
+def test_best_skips_candidates_measured_over_the_budget():
+    printed: list[str] = []
+    runner = _runner({"max_latency_ratio": 0.5}, printed)
+    over = _cand(0, val=0.90, test=0.90, latency_ms_measured=1.2, dense_latency_ms_side_by_side=2.0)
+    within = _cand(1, val=0.85, test=0.85, latency_ms_measured=0.95, dense_latency_ms_side_by_side=2.0)
+    unmeasured = _cand(2, val=0.84, test=0.95)
+    assert runner._best_finetuned([over, within, unmeasured])["index"] == 1
+    assert not printed
+
+
+def test_all_over_budget_still_gives_a_best_and_says_so():
+    printed: list[str] = []
+    runner = _runner({"max_latency_ms": 1.0}, printed)
+    a = _cand(0, val=0.70, test=0.90, latency_ms_measured=1.5)
+    b = _cand(1, val=0.80, test=0.80, latency_ms_measured=1.2)
+    assert runner._best_finetuned([a, b])["index"] == 1
+    assert len(printed) == 1 and "over budget" in printed[0]
+
+
+def test_candidates_logged_before_validation_accuracy_existed_rank_by_accuracy():
+    printed: list[str] = []
+    runner = _runner({"max_latency_ms": 1.0}, printed)
+    old = {"index": 0, "policy": CompressionPolicy("m", {}), "metrics": {"accuracy": 0.88}}
+    assert runner._best_finetuned([old, _cand(1, val=0.85, test=0.95)])["index"] == 0
