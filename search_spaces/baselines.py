@@ -7,6 +7,8 @@ least-squares reconstruction (no fine-tuning).
 * `uniform(model, scheme, target_mac_ratio, input_shape)`: the same scheme and sparsity on every layer
   that supports it (others stay dense); the sparsity is bisected to the target. Schemes whose density is
   fixed by a parameter (N:M) pick the pair whose MAC ratio is closest to the target instead.
+  `uniform_channel_within(model, input_shape, fits)` scans the channel sparsity instead, up from zero,
+  until a budget check passes (a search's first candidate).
 * `reconstruct(pruned, dense, calib)`: OBS / OBC-style layer-wise reconstruction. Layer by layer, in
   execution order, the kept weights of each row are re-solved by least squares so that the pruned layer,
   fed the *pruned* model's inputs, reproduces the *dense* layer's output on the dense model's inputs:
@@ -139,6 +141,34 @@ def uniform(model: nn.Module, scheme: str, target_mac_ratio: float, input_shape:
         policy = _bisect(lambda s: space.decode({lc.layer.name: choices(lc, s) for lc in eligible}),
                          space, target_mac_ratio, lo, hi)
     return _with_ratio(space, policy, {"baseline": f"uniform_{scheme}"})
+
+
+def uniform_channel_within(model: nn.Module, input_shape: tuple[int, int, int], fits, *, model_name: str = "model",
+                           config: SpaceConfig | None = None, align: int = 8, step: float = 0.01
+                           ) -> CompressionPolicy | None:
+    """Uniform channel pruning at the lowest sparsity (on a `step` grid) whose policy `fits(policy)` (a
+    budget check), kept channels rounded to `align` where a layer offers it. None when none fits.
+
+    Why: a search's honest reference point. Evaluated as one of its candidates, it is ranked like the
+    agent's own, so a search does not recommend a policy its own ranking puts under the obvious baseline.
+    The sparsity is scanned, not bisected on a MAC target: with kept channels rounded, the MAC ratio moves
+    in steps, and a bisection on the target can settle far under the budget.
+    """
+    space = SearchSpace.from_model(model, model_name, input_shape, config)
+    eligible = [lc for lc in space.layers if "channel" in lc.schemes]
+    if not eligible:
+        raise BaselineError("no layer of this model offers channel pruning", field_name="scheme")
+    lo = max(min(lc.sparsities) for lc in eligible)
+    hi = min(max(lc.sparsities) for lc in eligible)
+    n = max(1, int(round((hi - lo) / step)))
+    for i in range(n + 1):
+        sparsity = lo + (hi - lo) * i / n
+        policy = space.decode({lc.layer.name: {"scheme": "channel", "sparsity": sparsity,
+                                               "align": align if align in lc.aligns else lc.aligns[0]}
+                               for lc in eligible})
+        if fits(policy):
+            return _with_ratio(space, policy, {"baseline": "uniform_channel"})
+    return None
 
 
 # ------------------------------------------------------------------------------ reconstruction

@@ -8,7 +8,13 @@ import torch
 from automl.models import build_model
 from automl.training import evaluate
 from search_spaces import SearchSpace, apply_policy, cost_report
-from search_spaces.baselines import BaselineError, global_magnitude, reconstruct, uniform
+from search_spaces.baselines import (
+    BaselineError,
+    global_magnitude,
+    reconstruct,
+    uniform,
+    uniform_channel_within,
+)
 
 SHAPE = (1, 28, 28)
 
@@ -43,6 +49,22 @@ def test_uniform_hits_target(fresh, scheme, tol):
     assert len(sparsities) <= 1 or scheme == "channel"  # one sparsity everywhere (channel reports achieved)
     compressed = apply_policy(fresh, policy, torch.zeros(1, *SHAPE))
     assert compressed.model(torch.zeros(2, *SHAPE)).shape == (2, 10)
+
+
+def test_uniform_channel_within_takes_as_much_as_the_check_allows(fresh):
+    space = SearchSpace.from_model(fresh, "resnet20", SHAPE)
+
+    def under(limit):
+        return lambda policy: cost_report(space, policy).mac_ratio <= limit
+
+    policy = uniform_channel_within(fresh, SHAPE, under(0.4), model_name="resnet20")
+    ratio = _ratio(fresh, policy)
+    assert 0.35 < ratio <= 0.4  # meets the check, and not by cutting far more than needed
+    assert policy.metadata["baseline"] == "uniform_channel"
+    kept = [d for _, d in policy if d.scheme == "channel"]
+    assert kept and {d.align for d in kept} == {8}  # rounded as onnxruntime's blocked kernels like
+    assert uniform_channel_within(fresh, SHAPE, under(1.0), model_name="resnet20").metadata["mac_ratio"] == 1.0
+    assert uniform_channel_within(fresh, SHAPE, under(0.001), model_name="resnet20") is None  # unreachable
 
 
 def test_bad_requests(fresh):

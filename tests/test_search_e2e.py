@@ -133,6 +133,12 @@ def test_tiny_search_logs_expected_runs_and_retries_a_killed_worker(tmp_path, st
         assert 0 <= m["accuracy"] <= 1 and 0 < m["mac_ratio"] <= 0.7 + 1e-9
         assert m["size_bytes"] > 0 and m["params"] > 0
         assert "policy.json" in {f.path for f in client.list_artifacts(run.info.run_id)}
+    # the uniform channel baseline is evaluated first, at the budget, and ranked with the agent's candidates
+    origins = sorted(r.data.tags["automl.origin"] for r in proxies)
+    assert origins == ["agent", "agent", "agent", "baseline:uniform_channel"], origins
+    (uniform_run,) = [r for r in proxies if r.data.tags["automl.origin"] == "baseline:uniform_channel"]
+    assert 0.4 < uniform_run.data.metrics["mac_ratio"] <= 0.7 + 1e-9  # kept channels rounded to 8: 0.447
+    assert "baseline candidate uniform_channel: MAC ratio" in proc.stderr
     # the near-chance warning follows from the logged proxy accuracies: printed and tagged exactly when due
     due = proxy_ranking_warning([r.data.metrics["accuracy"] for r in proxies], 10,
                                 parent.data.metrics["dense_accuracy"], 0)
@@ -218,6 +224,8 @@ def test_killed_then_interrupted_driver_resumes_without_loss_or_duplicates(tmp_p
     assert indices == list(range(6)), indices  # none lost, none twice
     kept = {int(r.data.tags["automl.candidate"]): r.info.run_id for r in after}
     assert all(kept[i] == before[i] for i in before)  # earlier candidates were not re-evaluated
+    # the baseline candidate is evaluated once, not again by each resumed driver
+    assert sum(r.data.tags["automl.origin"] == "baseline:uniform_channel" for r in after) == 1
 
 
 def _free_port() -> int:

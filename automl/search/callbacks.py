@@ -27,7 +27,7 @@ class CandidateLogger(Callback):
         error = error or result.get("error") or None
         metrics = {k: v for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _TUNE_KEYS}
-        tags = {"automl.trial_id": trial.trial_id}
+        tags = {"automl.trial_id": trial.trial_id, "automl.origin": str(trial.config.get("origin", "agent"))}
         if "latency_ms" in metrics:
             tags["automl.latency_source"] = "predicted"
         index = self.next_index

@@ -118,6 +118,12 @@ class SearchConfig(_Strict):
         default_factory=lambda: ["accuracy", "latency_ms"])
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     candidates: int = Field(20, ge=1, le=100_000)
+    baseline_candidates: list[Literal["uniform_channel"]] = Field(
+        default_factory=lambda: ["uniform_channel"], description=(
+            "baselines evaluated first, as candidates counted in `candidates` and ranked like the agent's: "
+            "uniform_channel = the same channel sparsity on every layer (kept channels rounded to 8), as "
+            "much as the budget allows. A search then never recommends a policy its own ranking puts under "
+            "the obvious baseline; [] evaluates the agent's proposals only (e.g. to compare agents)"))
     seed: int = 0
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -304,7 +304,9 @@ class SearchRunner:
         candidates = list(done)
         if remaining > 0:
             t0 = time.perf_counter()
-            candidates += self._run_trials(tracker, agent, ctx, remaining, len(done), state_dir, progress)
+            baselines = self._baselines(base, space, budget, cost_model, done, input_shape)
+            candidates += self._run_trials(tracker, agent, ctx, remaining, len(done), state_dir, progress,
+                                           baselines)
             seconds = time.perf_counter() - t0
             self.trial_seconds = seconds
             tracker.log_parent_metrics({"trials_seconds": seconds, "candidates_per_minute": 60 * remaining / seconds})
@@ -364,8 +366,42 @@ class SearchRunner:
                      log_to_driver=False, configure_logging=False, **kwargs)
         return True
 
+    def _baselines(self, base, space, budget, cost_model, done: list[dict[str, Any]], input_shape
+                   ) -> list[tuple[str, Any]]:
+        """The configured baselines as (name, policy), each at the budget on the in-loop cost model; those a
+        resumed search already evaluated (tagged in the policy's metadata) are not repeated."""
+        from search_spaces import SpaceConfig
+        from search_spaces.baselines import BaselineError, uniform_channel_within
+
+        cfg = self.config
+        evaluated = {r["policy"].metadata.get("baseline") for r in done}
+        out = []
+        for name in cfg.baseline_candidates:
+            if name in evaluated:  # the baseline builders name themselves in the metadata
+                continue
+            if not budget.limits():
+                self.print(f"baseline candidate {name}: skipped (no budget to prune to)")
+                continue
+            try:
+                policy = uniform_channel_within(base, input_shape, lambda p: budget.check(cost_model.costs(p)),
+                                                model_name=cfg.model.name,
+                                                config=SpaceConfig.from_dict(dict(cfg.space)))
+            except BaselineError as exc:  # e.g. the space offers no channel pruning
+                self.print(f"baseline candidate {name}: skipped ({exc})")
+                continue
+            if policy is None:
+                self.print(f"baseline candidate {name}: skipped (no uniform channel pruning meets {budget.describe()})")
+                continue
+            space.validate(policy)
+            costs = cost_model.costs(policy)
+            self.print(f"baseline candidate {name}: MAC ratio {costs['mac_ratio']:.3f}"
+                       + (f", predicted {costs['latency_ms']:.3f} ms" if "latency_ms" in costs else "")
+                       + " (evaluated first, ranked with the agent's candidates)")
+            out.append((name, policy))
+        return out
+
     def _run_trials(self, tracker, agent, ctx, remaining: int, offset: int, state_dir: Path,
-                    progress: SearchProgress) -> list[dict[str, Any]]:
+                    progress: SearchProgress, baselines: list[tuple[str, Any]] | None = None) -> list[dict[str, Any]]:
         import ray
         from ray import tune
 
@@ -376,7 +412,7 @@ class SearchRunner:
         cfg = self.config
         started = self._init_ray()
         try:
-            searcher = AgentSearcher(agent, remaining, state_path=state_dir / "agent.pkl")
+            searcher = AgentSearcher(agent, remaining, state_path=state_dir / "agent.pkl", baselines=baselines)
             logger = CandidateLogger(tracker, offset, progress)
             trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": cfg.ray.cpus_per_trial})
             tuner = tune.Tuner(

@@ -26,21 +26,26 @@ class AgentSearcher(Searcher):
     """Ask/tell bridge: one proposed policy per Tune trial; the agent is pickled for resume."""
 
     def __init__(self, agent: Any, remaining: int, metric: str = "accuracy", mode: str = "max",
-                 state_path: Path | None = None):
+                 state_path: Path | None = None, baselines: list[tuple[str, CompressionPolicy]] | None = None):
         super().__init__(metric=metric, mode=mode)
         self.agent = agent
         self.state_path = state_path
         self.remaining = remaining
         self.suggested = 0
         self.pending: dict[str, CompressionPolicy] = {}
+        self.baselines = list(baselines or [])  # (name, policy): suggested before the agent's proposals
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.suggested >= self.remaining:
             return Searcher.FINISHED
-        policy = self.agent.propose(1)[0]
+        if self.baselines:  # the agent observes them like its own results (it learns what it can from them)
+            name, policy = self.baselines.pop(0)
+            origin = f"baseline:{name}"
+        else:
+            policy, origin = self.agent.propose(1)[0], "agent"
         self.pending[trial_id] = policy
         self.suggested += 1
-        return {"policy": policy.to_dict(), "proposal": self.suggested - 1}
+        return {"policy": policy.to_dict(), "proposal": self.suggested - 1, "origin": origin}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         policy = self.pending.pop(trial_id, None)

@@ -730,6 +730,9 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                                    "proxy_finetune_steps": setting_spec(cfg, setting, spec).proxy_finetune_steps,
                                    "finetune_top_k": 0},
                     "candidates": n_candidates, "seed": 0,
+                    # the agents' own proposals only: the table compares agents, and uniform channel
+                    # pruning is its own row (bisected on measured latency)
+                    "baseline_candidates": [],
                     "ray": cfg.ray.model_dump(), "tracking": cfg.tracking.model_dump(),
                 }, source="headline")
                 t0 = time.perf_counter()
