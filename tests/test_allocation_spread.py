@@ -39,6 +39,9 @@ def test_shapes_tell_the_residual_stream_from_the_inside_of_blocks(space):
     last_stage = next(g.id for g in space.groups if "layer3.0.conv1" in g.out_members)
     assert early[stem_group] == 1.5 and early[last_stage] == 0.5  # cut early more, late less
     assert spread.group_shapes(space)["random0"] == shapes["random0"]  # seeded
+    near = spread.group_shapes(space, near_uniform=2)
+    assert {"near_uniform0", "near_uniform1"} <= set(near) and near["near_uniform0"] != near["near_uniform1"]
+    assert all(0.75 <= w <= 1.25 for w in near["near_uniform1"].values())
 
 
 def test_scale_cuts_monotonically_and_follows_the_shape(space):

@@ -11,7 +11,7 @@ fine-tune does. This check measures both, on this host, without a search in betw
 
 * a handful of allocation *shapes* over the model's coupled channel groups (uniform; cut the inside of the
   residual blocks more than the residual stream, or the reverse; cut the early stages more, or the late
-  ones; a random shape, seeded), each scaled by one factor that is bisected until the policy runs
+  ones; a random shape, seeded; with `--near-uniform N`, N shapes within ±25% of uniform), each scaled by one factor that is bisected until the policy runs
   `--speedup` times faster than the dense model (onnxruntime fp32, batch 1, 1 thread, timed beside the
   dense model; the median of `--processes` timing processes reported). Kept channels round to 8, the
   headline's uniform baseline's multiple.
@@ -59,7 +59,8 @@ def stage_of(layer: str) -> int | None:
     return int(head[5:]) if head.startswith("layer") and head[5:].isdigit() else None
 
 
-def group_shapes(space: SearchSpace, seeds: tuple[int, ...] = (0,)) -> dict[str, dict[int, float]]:
+def group_shapes(space: SearchSpace, seeds: tuple[int, ...] = (0,), near_uniform: int = 0
+                 ) -> dict[str, dict[int, float]]:
     """Per coupled channel group, a relative cut weight for each named allocation shape.
 
     A group is the residual *stream* when it has several output members (the block outputs and the stem or
@@ -81,6 +82,9 @@ def group_shapes(space: SearchSpace, seeds: tuple[int, ...] = (0,)) -> dict[str,
     for seed in seeds:
         rng = random.Random(seed)
         shapes[f"random{seed}"] = {gid: rng.uniform(0.3, 1.7) for gid in sorted(groups)}
+    for i in range(near_uniform):  # small perturbations of uniform: what a search started from it would try
+        rng = random.Random(1000 + i)
+        shapes[f"near_uniform{i}"] = {gid: rng.uniform(0.75, 1.25) for gid in sorted(groups)}
     return shapes
 
 
@@ -151,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="EPOCHS:LR of one fine-tune (repeatable; the longest one is the reference); "
                          "default 0.25:0.01 and 2:0.05")
     ap.add_argument("--shapes", nargs="+", default=None, help="only these allocation shapes (default: all)")
-    ap.add_argument("--noise-seed", type=int, default=1,
-                    help="second fine-tune seed for uniform under the longest recipe (negative: none)")
+    ap.add_argument("--near-uniform", type=int, default=0, metavar="N",
+                    help="add N shapes within ±25%% of uniform per group (seeded), as a search started from "
+                         "uniform would try")
+    ap.add_argument("--noise-seeds", type=int, nargs="*", default=[1],
+                    help="further fine-tune seeds for uniform under the longest recipe (the noise floor; "
+                         "none: no extra seed)")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense model's fine-tune (the room)")
     ap.add_argument("--proxy-steps", type=int, default=30, help="SGD steps of the proxy (the headline's 30)")
     ap.add_argument("--processes", type=int, default=2, help="timing processes for the reported speedup")
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_dataset("fashion-mnist", seed=0)
     shape = splits.input_shape
     space = SearchSpace.from_model(base, args.model, shape)
-    shapes = group_shapes(space)
+    shapes = group_shapes(space, near_uniform=args.near_uniform)
     if args.shapes:
         unknown = sorted(set(args.shapes) - set(shapes))
         if unknown:
@@ -245,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. the fine-tunes: the longest recipe first (the reference), then the shorter ones, then the noise floor
     jobs = [(n, longest, 0) for n in live] + [(n, r, 0) for r in recipes if r != longest for n in live]
-    if args.noise_seed >= 0 and "uniform" in live:
-        jobs.append(("uniform", longest, args.noise_seed))
+    if "uniform" in live:
+        jobs += [("uniform", longest, seed) for seed in args.noise_seeds if seed != 0]
     if not args.no_dense:
         rows.setdefault("dense", {"policy": space.dense_policy().to_dict(), "speedup": 1.0, "mac_ratio": 1.0})
         jobs.append(("dense", longest, 0))
@@ -291,8 +299,9 @@ def summary(done: dict, recipes: list[tuple[float, float]], shapes) -> str:
                      f"{100 * (max(tests.values()) - min(tests.values())):.2f} points")
         noise = [k for k in done["rows"].get("uniform", {}).get("finetunes", {}) if k.startswith(ref + ":s")]
         if noise and "uniform" in tests:
-            other = done["rows"]["uniform"]["finetunes"][noise[0]]["test_accuracy"]
-            lines.append(f"uniform, two fine-tune seeds: {100 * tests['uniform']:.2f}% and {100 * other:.2f}%")
+            seeds = [tests["uniform"]] + [done["rows"]["uniform"]["finetunes"][k]["test_accuracy"] for k in noise]
+            lines.append(f"uniform, {len(seeds)} fine-tune seeds: " + ", ".join(f"{100 * a:.2f}%" for a in seeds)
+                         + f" (mean {100 * statistics.fmean(seeds):.2f}%)")
         names = sorted(finished)
         target = [tests[n] for n in names]
         scores = {f"proxy +{s} SGD steps" if s != "0" else "proxy, BN only": [finished[n]["proxy"][s] for n in names]
