@@ -7,7 +7,7 @@ least-squares reconstruction (no fine-tuning).
 * `uniform(model, scheme, target_mac_ratio, input_shape)`: the same scheme and sparsity on every layer
   that supports it (others stay dense); the sparsity is bisected to the target. Schemes whose density is
   fixed by a parameter (N:M) pick the pair whose MAC ratio is closest to the target instead.
-  `uniform_channel_within(model, input_shape, fits)` scans the channel sparsity instead, up from zero,
+  `uniform_channel_within(space, fits)` scans the channel sparsity instead, up from zero,
   until a budget check passes (a search's first candidate).
 * `reconstruct(pruned, dense, calib)`: OBS / OBC-style layer-wise reconstruction. Layer by layer, in
   execution order, the kept weights of each row are re-solved by least squares so that the pruned layer,
@@ -111,11 +111,7 @@ def uniform(model: nn.Module, scheme: str, target_mac_ratio: float, input_shape:
     """
     _check_ratio(target_mac_ratio)
     space = SearchSpace.from_model(model, model_name, input_shape, config)
-    eligible = [lc for lc in space.layers if scheme in lc.schemes]
-    if not eligible:
-        offered = sorted({s for lc in space.layers for s in lc.schemes})
-        raise BaselineError(f"no layer of this model offers scheme '{scheme}'; offered: {offered}",
-                            field_name="scheme")
+    eligible = _eligible(space, scheme)
 
     def choices(lc, sparsity: float, pair: tuple[int, int] | None = None) -> dict[str, object]:
         c: dict[str, object] = {"scheme": scheme}
@@ -136,15 +132,28 @@ def uniform(model: nn.Module, scheme: str, target_mac_ratio: float, input_shape:
         candidates = [space.decode({lc.layer.name: choices(lc, 0.0, p) for lc in eligible}) for p in pairs]
         policy = min(candidates, key=lambda p: abs(cost_report(space, p).mac_ratio - target_mac_ratio))
     else:
-        lo = max(min(lc.sparsities) for lc in eligible)
-        hi = min(max(lc.sparsities) for lc in eligible)
+        lo, hi = _common_sparsity_range(eligible)
         policy = _bisect(lambda s: space.decode({lc.layer.name: choices(lc, s) for lc in eligible}),
                          space, target_mac_ratio, lo, hi)
     return _with_ratio(space, policy, {"baseline": f"uniform_{scheme}"})
 
 
-def uniform_channel_within(model: nn.Module, input_shape: tuple[int, int, int], fits, *, model_name: str = "model",
-                           config: SpaceConfig | None = None, align: int = 8, step: float = 0.01
+def _eligible(space: SearchSpace, scheme: str) -> list:
+    """The space's layers that offer `scheme`; a BaselineError naming the offered schemes when none does."""
+    eligible = [lc for lc in space.layers if scheme in lc.schemes]
+    if not eligible:
+        offered = sorted({s for lc in space.layers for s in lc.schemes})
+        raise BaselineError(f"no layer of this model offers scheme '{scheme}'; offered: {offered}",
+                            field_name="scheme")
+    return eligible
+
+
+def _common_sparsity_range(eligible: list) -> tuple[float, float]:
+    """The sparsities every one of `eligible` can take: (largest minimum, smallest maximum)."""
+    return max(min(lc.sparsities) for lc in eligible), min(max(lc.sparsities) for lc in eligible)
+
+
+def uniform_channel_within(space: SearchSpace, fits, *, align: int = 8, step: float = 0.01
                            ) -> CompressionPolicy | None:
     """Uniform channel pruning at the lowest sparsity (on a `step` grid) whose policy `fits(policy)` (a
     budget check), kept channels rounded to `align` where a layer offers it. None when none fits.
@@ -152,14 +161,11 @@ def uniform_channel_within(model: nn.Module, input_shape: tuple[int, int, int], 
     Why: a search's honest reference point. Evaluated as one of its candidates, it is ranked like the
     agent's own, so a search does not recommend a policy its own ranking puts under the obvious baseline.
     The sparsity is scanned, not bisected on a MAC target: with kept channels rounded, the MAC ratio moves
-    in steps, and a bisection on the target can settle far under the budget.
+    in steps, and a bisection on the target can settle far under the budget. Takes the search's own space
+    (no second trace of the model).
     """
-    space = SearchSpace.from_model(model, model_name, input_shape, config)
-    eligible = [lc for lc in space.layers if "channel" in lc.schemes]
-    if not eligible:
-        raise BaselineError("no layer of this model offers channel pruning", field_name="scheme")
-    lo = max(min(lc.sparsities) for lc in eligible)
-    hi = min(max(lc.sparsities) for lc in eligible)
+    eligible = _eligible(space, "channel")
+    lo, hi = _common_sparsity_range(eligible)
     n = max(1, int(round((hi - lo) / step)))
     for i in range(n + 1):
         sparsity = lo + (hi - lo) * i / n

@@ -57,14 +57,14 @@ def test_uniform_channel_within_takes_as_much_as_the_check_allows(fresh):
     def under(limit):
         return lambda policy: cost_report(space, policy).mac_ratio <= limit
 
-    policy = uniform_channel_within(fresh, SHAPE, under(0.4), model_name="resnet20")
+    policy = uniform_channel_within(space, under(0.4))
     ratio = _ratio(fresh, policy)
     assert 0.35 < ratio <= 0.4  # meets the check, and not by cutting far more than needed
     assert policy.metadata["baseline"] == "uniform_channel"
     kept = [d for _, d in policy if d.scheme == "channel"]
     assert kept and {d.align for d in kept} == {8}  # rounded as onnxruntime's blocked kernels like
-    assert uniform_channel_within(fresh, SHAPE, under(1.0), model_name="resnet20").metadata["mac_ratio"] == 1.0
-    assert uniform_channel_within(fresh, SHAPE, under(0.001), model_name="resnet20") is None  # unreachable
+    assert uniform_channel_within(space, under(1.0)).metadata["mac_ratio"] == 1.0
+    assert uniform_channel_within(space, under(0.001)) is None  # unreachable
 
 
 def test_bad_requests(fresh):

@@ -304,7 +304,7 @@ class SearchRunner:
         candidates = list(done)
         if remaining > 0:
             t0 = time.perf_counter()
-            baselines = self._baselines(base, space, budget, cost_model, done, input_shape)
+            baselines = self._baselines(space, budget, cost_model, done)
             candidates += self._run_trials(tracker, agent, ctx, remaining, len(done), state_dir, progress,
                                            baselines)
             seconds = time.perf_counter() - t0
@@ -366,11 +366,9 @@ class SearchRunner:
                      log_to_driver=False, configure_logging=False, **kwargs)
         return True
 
-    def _baselines(self, base, space, budget, cost_model, done: list[dict[str, Any]], input_shape
-                   ) -> list[tuple[str, Any]]:
+    def _baselines(self, space, budget, cost_model, done: list[dict[str, Any]]) -> list[tuple[str, Any]]:
         """The configured baselines as (name, policy), each at the budget on the in-loop cost model; those a
         resumed search already evaluated (tagged in the policy's metadata) are not repeated."""
-        from search_spaces import SpaceConfig
         from search_spaces.baselines import BaselineError, uniform_channel_within
 
         cfg = self.config
@@ -383,16 +381,13 @@ class SearchRunner:
                 self.print(f"baseline candidate {name}: skipped (no budget to prune to)")
                 continue
             try:
-                policy = uniform_channel_within(base, input_shape, lambda p: budget.check(cost_model.costs(p)),
-                                                model_name=cfg.model.name,
-                                                config=SpaceConfig.from_dict(dict(cfg.space)))
+                policy = uniform_channel_within(space, lambda p: budget.check(cost_model.costs(p)))
             except BaselineError as exc:  # e.g. the space offers no channel pruning
                 self.print(f"baseline candidate {name}: skipped ({exc})")
                 continue
             if policy is None:
                 self.print(f"baseline candidate {name}: skipped (no uniform channel pruning meets {budget.describe()})")
                 continue
-            space.validate(policy)
             costs = cost_model.costs(policy)
             self.print(f"baseline candidate {name}: MAC ratio {costs['mac_ratio']:.3f}"
                        + (f", predicted {costs['latency_ms']:.3f} ms" if "latency_ms" in costs else "")

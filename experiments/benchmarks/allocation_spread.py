@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # finetune_length.py, for its timing helpers
 
+from finetune_length import dense_artifact, parse_recipe, speedups_beside  # noqa: E402
+
 from automl.data import load_dataset  # noqa: E402
 from automl.evaluation import ProxyEvaluator, finetune_and_test  # noqa: E402
 from automl.policy import CompressionPolicy  # noqa: E402
@@ -140,12 +142,6 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / (va * vb) ** 0.5 if va and vb else float("nan")
 
 
-def parse_recipe(text: str) -> tuple[float, float]:
-    from finetune_length import parse_recipe as parse
-
-    return parse(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="resnet20", help="a zoo model with coupled channel groups")
@@ -202,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--shapes: unknown {unknown}; choose from {sorted(shapes)}")
         shapes = {name: shapes[name] for name in args.shapes}
     done.setdefault("dense_test_acc", float(evaluate(base, splits.x_test, splits.y_test)))
-
-    from finetune_length import dense_artifact, speedups_beside
 
     dense_art = dense_artifact(base, shape)
     evaluator = ProxyEvaluator(base, splits, val_images=len(splits.x_val), calib_batches=4)
