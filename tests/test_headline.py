@@ -73,13 +73,17 @@ def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
 def test_headline_smoke_end_to_end(tmp_path):
     from mlflow import MlflowClient
 
-    config = _config(tmp_path)
+    # one extra fine-tune seed of every fine-tuned row (`finetune_seeds`)
+    config = _config(tmp_path, models=[{"name": "resnet20", "train_epochs": 1, "train_limit": 600, "seeds": [0],
+                                        "finetune_seeds": [1]}])
     results = tmp_path / "results.json"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = _run([str(config), "--results", str(results), "--tracking-uri", uri])
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    cells = json.loads(results.read_text())["cells"]
+    saved = json.loads(results.read_text())
+    assert saved["meta"]["host"]["fingerprint"]  # the machine the figures come from
+    cells = saved["cells"]
     dense = cells["resnet20/dense-latency"]
     assert dense["latency_ms"] > 0 and 0 <= dense["test_acc"] <= 1
     for method in ("dense", "random", "uniform_channel", "global_magnitude", "dense_finetuned"):
@@ -111,6 +115,12 @@ def test_headline_smoke_end_to_end(tmp_path):
     assert dft["finetuned"] and dft["mac_ratio"] == 1.0
     assert all(d["scheme"] == "dense" for d in dft["policy"]["layers"].values())
     assert dft["latency_ms"] == cells["resnet20/fp32/dense/s0"]["latency_ms"]
+    # every fine-tuned row was fine-tuned again with seed 1, the dense (no fine-tune) row was not
+    for method in ("random", "uniform_channel", "global_magnitude", "dense_finetuned"):
+        extra = cells[f"resnet20/fp32/{method}/s0"]["extra_finetunes"]
+        assert list(extra) == ["1"] and 0.0 <= extra["1"]["test_acc"] <= 1.0 and extra["1"]["finetune_seconds"] > 0
+    assert "extra_finetunes" not in cells["resnet20/fp32/dense/s0"]
+    assert "| 0 (FT 0,1) |" in proc.stdout
 
     # the table is printed with one row per method
     for label in ("dense (no pruning)", "| random |", "uniform channel (baseline)",
@@ -127,7 +137,8 @@ def test_headline_smoke_end_to_end(tmp_path):
     assert len(searches) == 1 and all(r.data.tags["mlflow.parentRunId"] == bench_id for r in searches)
     assert searches[0].data.params["evaluation.proxy_finetune_steps"] == "2"  # the fp32 override reached it
     res = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'benchmark_result'")
-    assert len(res) == 5 and all(r.data.tags["mlflow.parentRunId"] == bench_id for r in res)
+    assert len(res) == 5 + 4 and all(r.data.tags["mlflow.parentRunId"] == bench_id for r in res)
+    assert sum(r.data.tags.get("automl.finetune_seed") == "1" for r in res) == 4
     # each search holds its fine-tuned, measured pick, so `automl best` can answer from it
     for s in searches:
         ft = client.search_runs([exp.experiment_id], f"tags.`automl.search_id` = '{s.info.run_id}' and "
@@ -138,6 +149,7 @@ def test_headline_smoke_end_to_end(tmp_path):
     again = _run([str(config), "--results", str(results), "--tracking-uri", uri])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "== resnet20" not in again.stderr and "verifying" not in again.stderr
+    assert "extra fine-tune" not in again.stderr
     assert len(client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")) == 1
     # --reverify re-measures every kept policy and nothing else
     before = json.loads(results.read_text())["cells"]
@@ -349,3 +361,69 @@ def test_pick_holds_the_budget_in_the_median_of_several_timing_processes(tmp_pat
     assert h.signature(cfg, spec) == h.signature(cfg.model_copy(update={"pick_processes": 1}), spec)
     assert h.signature(cfg, spec) != h.signature(cfg.model_copy(update={"pick_processes": 3}), spec)
     assert "median over 3 timing processes" in h.pick_processes_text(cfg.model_copy(update={"pick_processes": 3}))
+
+
+def test_results_file_keeps_to_one_machine(tmp_path):
+    """A results file records the machine (and timed libraries) its figures come from; a run on another
+    refuses to add to it, naming both and the way out. A file written before hosts were recorded is checked
+    against the machine its verification names."""
+    h = _headline_module()
+    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path))
+    here = h.this_host()
+    assert here["device"] and here["fingerprint"]
+
+    store = h.ResultStore(tmp_path / "r.json", cfg.model_dump_json())
+    h.claim_host(store, here)
+    assert json.loads((tmp_path / "r.json").read_text())["meta"]["host"] == here
+    h.claim_host(h.ResultStore(tmp_path / "r.json", cfg.model_dump_json()), here)  # same machine: fine
+    other = {"device": "Other CPU x2", "fingerprint": "other-cpu-x2-0123456789"}
+    with pytest.raises(h.HostMismatch, match="Other CPU x2.*--results"):
+        h.claim_host(h.ResultStore(tmp_path / "r.json", cfg.model_dump_json()), other)
+
+    old = h.ResultStore(tmp_path / "old.json", cfg.model_dump_json())
+    old.data["meta"]["verified"] = {"resnet20": {"dense_ms": 0.5, "device": "Other CPU x2", "processes": 3}}
+    old.put("resnet20/dense-latency", {"latency_ms": 0.5}, "sig")
+    with pytest.raises(h.HostMismatch, match="Other CPU x2"):
+        h.claim_host(old, here)
+    h.claim_host(old, other)  # the machine it names: recorded from now on
+    assert old.data["meta"]["host"] == other
+
+
+def test_extra_finetune_seeds_order_and_report(tmp_path):
+    """`finetune_seeds` fine-tunes every fine-tuned row again per seed, one seed across all rows first; the
+    row's accuracy becomes the mean ± std over its fine-tunes, and the seeds column names them. The seeds
+    stay out of the signature: adding them keeps every finished cell."""
+    h = _headline_module()
+    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path))
+    spec = cfg.models[0]
+    seeded = spec.model_copy(update={"finetune_seeds": [1, 2]})
+    assert h.signature(cfg, spec) == h.signature(cfg, seeded)
+    cfg2 = cfg.model_copy(update={"models": [seeded]})
+    sig = h.setting_signature(cfg, spec, "fp32")
+    store = h.ResultStore(tmp_path / "r.json", cfg.model_dump_json())
+    store.put("resnet20/dense-latency", {"latency_ms": 1.0, "test_acc": 0.9}, h.signature(cfg, spec))
+
+    def row(method, acc, finetuned=True):
+        return {"model": "resnet20", "setting": "fp32", "method": method, "seed": 0, "latency_ms": 0.5,
+                "speedup": 2.0, "within_budget": True, "budget_ms": 0.5, "mac_ratio": 0.3, "size_bytes": 1e5,
+                "brief": "b", "policy": {}, "test_acc": acc, "finetuned": finetuned}
+
+    store.put("resnet20/fp32/dense/s0", row("dense", 0.9, finetuned=False), sig)
+    store.put("resnet20/fp32/random/s0", row("random", 0.88), sig)
+    store.put("resnet20/fp32/uniform_channel/s0", row("uniform_channel", 0.87), sig)
+    assert h.extra_finetune_todo(cfg, spec, store) == []
+    assert h.extra_finetune_todo(cfg2, seeded, store) == [
+        (1, "resnet20/fp32/random/s0"), (1, "resnet20/fp32/uniform_channel/s0"),
+        (2, "resnet20/fp32/random/s0"), (2, "resnet20/fp32/uniform_channel/s0")]
+
+    cell = store.get("resnet20/fp32/random/s0")
+    store.put("resnet20/fp32/random/s0", {**cell, "extra_finetunes": {
+        "2": {"test_acc": 0.90, "finetune_seconds": 1.0}, "1": {"test_acc": 0.86, "finetune_seconds": 1.0}}}, sig)
+    assert h.extra_finetune_todo(cfg2, seeded, store) == [(1, "resnet20/fp32/uniform_channel/s0"),
+                                                          (2, "resnet20/fp32/uniform_channel/s0")]
+    assert h.accuracies(store.get("resnet20/fp32/random/s0")) == [0.88, 0.86, 0.90]
+    table = h.render(cfg2, store)
+    line = next(x for x in table.splitlines() if x.startswith("| random |"))
+    assert "| 88.00 ± 2.00% | -2.00 |" in line and "| 0 (FT 0,1,2) |" in line
+    line = next(x for x in table.splitlines() if x.startswith("| uniform channel"))
+    assert "| 87.00% |" in line and "| 0 |" in line

@@ -17,7 +17,11 @@ the space fixes 8-bit weights and activations so the proxy and the fine-tune see
    bisected on *measured* latency to the same budget, and global magnitude pruning at the budget's MAC
    ratio (onnxruntime has no sparse kernel, so it is measured as it is: about as slow as dense);
 5. every kept policy gets the same fine-tune (`finetune.epochs` on the training split, masks kept) per
-   seed; test accuracy is reported as mean +- std over the seeds.
+   seed; test accuracy is reported as mean +- std over the seeds. `finetune_seeds` adds fine-tunes of each
+   kept policy with more seeds once every model's cells are done (what the fine-tune's seed alone moves).
+
+Figures from two machines do not compare: the results file records the machine (and timed libraries) and a
+run on another refuses to add to it.
 
 Each finished cell is saved to a results JSON at once (default `$AUTOML_HOME/benchmarks/<name>.json`), so an
 interrupted run continues where it stopped; `--docs` writes the table into docs/benchmarks.md.
@@ -93,6 +97,11 @@ class ModelSpec(_Strict):
     train_limit: int | None = Field(None, ge=100)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
                              description="agent and fine-tune seeds (the base model and splits use seed 0)")
+    finetune_seeds: list[int] = Field(default_factory=list, description=(
+        "extra fine-tune seeds: after every model's cells are done, each fine-tuned row's policy is fine-tuned "
+        "again with each of these (one seed for all rows, then the next); its accuracy is reported as the "
+        "mean +- std over its own fine-tune and these. What the fine-tune's seed alone moves, at the cost of "
+        "fine-tunes only (a seed in `seeds` reruns the searches too)"))
     candidates: int | None = Field(None, ge=1, description="override of the top-level candidates for this model")
     finetune_epochs: float | None = Field(None, gt=0, description="override of finetune.epochs for this model "
                                                                   "(every method of the model gets the same)")
@@ -197,7 +206,7 @@ def signature(cfg: HeadlineConfig, spec: ModelSpec) -> str:
     relevant = cfg.model_dump(mode="json", include={"dataset", "budget_ratio", "candidates", "proxy_val_images",
                                                     "calib_batches", "measure_top_k", "uniform_align", "space",
                                                     "latency", "finetune", "agent_options"})
-    relevant["model"] = spec.model_dump(mode="json", exclude={"seeds", "settings", "per_setting"})
+    relevant["model"] = spec.model_dump(mode="json", exclude={"seeds", "finetune_seeds", "settings", "per_setting"})
     if relevant["model"].get("finetune_lr") is None:  # a model without the override keeps its finished cells
         relevant["model"].pop("finetune_lr", None)
     if cfg.pick_processes != 1:  # the default keeps the cells computed before the option existed
@@ -231,6 +240,48 @@ def current_cells(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore) -> d
         if cell.get("signature") == want[setting]:
             out[key] = cell
     return out
+
+
+def this_host() -> dict[str, str]:
+    """The machine and timed libraries the figures come from: its name and `device_fingerprint` (CPU model,
+    cores, SIMD flags, python / onnxruntime / torch / onnx versions)."""
+    from latency_models.estimate import device_fingerprint, device_info
+
+    info = device_info()
+    return {"device": info["device"], "fingerprint": device_fingerprint(info)}
+
+
+class HostMismatch(RuntimeError):
+    """A results file holds figures from another machine (or other library versions)."""
+
+
+def claim_host(store: ResultStore, host: dict[str, str]) -> None:
+    """Record the machine a results file's figures come from; refuse to add figures from another one.
+
+    Why: the file makes the benchmark resumable, and a resumed run reuses every finished cell. Resumed on
+    another machine it would put that machine's latencies and picks in one table with the first one's (the
+    project's two hosts differ by up to 2.6x on the same model). A file written before hosts were recorded
+    names its machine only in its verification record; that is checked instead."""
+    recorded = store.data["meta"].get("host")
+    if recorded is None:
+        named = {v.get("device") for v in store.data["meta"].get("verified", {}).values()} - {None}
+        if named and named != {host["device"]}:
+            raise HostMismatch(
+                f"{store.path} holds figures measured on {', '.join(sorted(named))}; this machine is "
+                f"{host['device']}: latencies from two machines do not compare. Start a table for this machine "
+                "with --results <a new file>")
+        if store.data["cells"]:
+            log(f"results: {store.path} does not name the machine its {len(store.data['cells'])} cells were "
+                f"measured on; recording this one ({host['device']})")
+        store.data["meta"]["host"] = host
+        store.save()
+        return
+    if recorded.get("fingerprint") != host["fingerprint"]:
+        raise HostMismatch(
+            f"{store.path} holds figures measured on {recorded.get('device')} ({recorded.get('fingerprint')}); "
+            f"this machine is {host['device']} ({host['fingerprint']}): latencies from two machines, or two "
+            "versions of the timed libraries, do not compare. Start a table for this machine with "
+            "--results <a new file> (or delete that file to recompute it here)")
 
 
 class ResultStore:
@@ -609,6 +660,15 @@ class BenchmarkTracker:
         self.client.log_text(run.info.run_id, policy.to_json(), "policy.json")
         self.client.set_terminated(run.info.run_id)
 
+    def log_extra_finetune(self, key: str, seed: int, result: dict[str, float]) -> None:
+        """One more fine-tune of a row's policy (`finetune_seeds`): a child of the benchmark like the row."""
+        run = self.client.create_run(self.experiment_id, run_name=f"{key.replace('/', '-')}-ft{seed}",
+                                     tags={"mlflow.parentRunId": self.run_id, "automl.role": "benchmark_result",
+                                           "automl.benchmark_key": key, "automl.finetune_seed": str(seed)})
+        for name in ("test_acc", "finetune_seconds"):
+            self.client.log_metric(run.info.run_id, name, float(result[name]))
+        self.client.set_terminated(run.info.run_id)
+
     def finish(self, table: str, status: str = "FINISHED") -> None:
         self.client.log_text(self.run_id, table, "headline.md")
         self.client.set_terminated(self.run_id, status=status)
@@ -797,6 +857,43 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         verify_model(cfg, spec, store, measurer)
 
 
+def extra_finetune_todo(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore) -> list[tuple[int, str]]:
+    """(seed, key) of the extra fine-tunes (`finetune_seeds`) not done yet: one seed for every fine-tuned
+    row of the model, then the next seed, so an interrupted run leaves whole seeds, not whole rows."""
+    cells = current_cells(cfg, spec, store)
+    return [(seed, key) for seed in spec.finetune_seeds for key, cell in sorted(cells.items())
+            if cell.get("finetuned") and "policy" in cell and seed != cell["seed"]
+            and str(seed) not in cell.get("extra_finetunes", {})]
+
+
+def run_extra_finetunes(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: BenchmarkTracker) -> None:
+    """Fine-tune every fine-tuned row's policy again with each of the model's `finetune_seeds`."""
+    todo = extra_finetune_todo(cfg, spec, store)
+    if not todo:
+        return
+    import torch
+
+    from automl.data import load_dataset
+    from automl.policy import CompressionPolicy
+    from automl.training import load_checkpoint
+
+    torch.set_num_threads(cfg.threads)
+    base = load_checkpoint(store.get(f"{spec.name}/dense-latency")["checkpoint"]).model.eval()
+    ds = cfg.dataset
+    splits = load_dataset(ds.name, ds.data_dir, seed=0, limit=ds.limit, test_limit=ds.test_limit)
+    log(f"{spec.name}: {len(todo)} extra fine-tune(s), seeds {spec.finetune_seeds}")
+    for seed, key in todo:
+        cell = store.get(key)
+        log(f"== {key}: fine-tune seed {seed}")
+        ft = finetune_cell(base, CompressionPolicy.from_dict(cell["policy"]), splits, cfg, spec, seed)
+        result = {"test_acc": ft["test_accuracy"], "finetune_seconds": ft["finetune_seconds"]}
+        store.put(key, {**cell, "extra_finetunes": {**cell.get("extra_finetunes", {}), str(seed): result}},
+                  cell.get("signature"))
+        bench.log_extra_finetune(key, seed, result)
+        log(f"  {key} seed {seed}: test acc {100 * result['test_acc']:.2f}% (own seed "
+            f"{100 * cell['test_acc']:.2f}%)")
+
+
 def verify_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, measurer: Measurer) -> None:
     """Re-measure every kept policy of a model and the dense model, fp32 and int8 together, interleaved in
     each of `verify_processes` timing processes: the reported speedup of a row is the median over the
@@ -848,6 +945,21 @@ METHOD_LABEL = {"dense": "dense (no pruning)", "dense_finetuned": "dense + the s
                 "global_magnitude": "global magnitude (baseline)"}
 
 
+def accuracies(cell: dict[str, Any]) -> list[float]:
+    """A row's test accuracies: its own fine-tune's, then its extra fine-tune seeds' (`finetune_seeds`)."""
+    extra = cell.get("extra_finetunes", {})
+    return [cell["test_acc"]] + [extra[s]["test_acc"] for s in sorted(extra, key=int)]
+
+
+def seeds_text(group: list[dict[str, Any]]) -> str:
+    """"0" for one seed; "0 (FT 0,1,2)" when the row was also fine-tuned with extra seeds."""
+    out = []
+    for c in group:
+        extra = sorted(c.get("extra_finetunes", {}), key=int)
+        out.append(f"{c['seed']} (FT {','.join([str(c['seed']), *extra])})" if extra else str(c["seed"]))
+    return ", ".join(out)
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{100 * values[0]:.2f}%"
@@ -877,7 +989,7 @@ def render(cfg: HeadlineConfig, store: ResultStore) -> str:
                 group = sorted((c for c in rows if c["method"] == method), key=lambda c: c["seed"])
                 if not group:
                     continue
-                accs = [c["test_acc"] for c in group]
+                accs = [a for c in group for a in accuracies(c)]
                 ms = [c.get("verified_ms", c["latency_ms"]) for c in group]
                 speedups = [c.get("verified_speedup", c["speedup"]) for c in group]
                 delta = 100 * (statistics.mean(accs) - dense["test_acc"])
@@ -895,7 +1007,7 @@ def render(cfg: HeadlineConfig, store: ResultStore) -> str:
                     f"{_mean_std(proxy) if proxy else '-'} | "
                     f"{f'{statistics.mean(pred):.3f}' if pred else '-'} | "
                     f"{f'{statistics.mean(search):.0f}' if search else '-'} | "
-                    f"{','.join(str(c['seed']) for c in group)} | {group[0]['brief']} |")
+                    f"{seeds_text(group)} | {group[0]['brief']} |")
     return "\n".join(lines)
 
 
@@ -914,10 +1026,10 @@ def render_layers(cfg: HeadlineConfig, store: ResultStore, base_spaces: dict[str
                         and c["method"] in cfg.agents and c["within_budget"]]
             if not searched:
                 continue
-            best = max(searched, key=lambda c: c["test_acc"])
+            best = max(searched, key=lambda c: statistics.mean(accuracies(c)))
             policy = CompressionPolicy.from_dict(best["policy"])
             out += ["", f"<details><summary>{spec.name}, {setting}: layers of the best searched policy "
-                        f"({best['method']}, seed {best['seed']}, {100 * best['test_acc']:.2f}%, "
+                        f"({best['method']}, seed {best['seed']}, {_mean_std(accuracies(best))}, "
                         f"{best.get('verified_ms', best['latency_ms']):.3f} ms measured)</summary>", "",
                     "| layer | kind | out channels | scheme | sparsity | align |", "|---|---|---|---|---|---|",
                     *layer_table(policy, space), "", "</details>"]
@@ -931,7 +1043,8 @@ def compute_minutes(cfg: HeadlineConfig, store: ResultStore) -> str:
         if not cells:
             parts.append(f"{spec.name} not run")
             continue
-        total = sum(c.get("search_seconds", 0.0) + c.get("finetune_seconds", 0.0) for c in cells)
+        total = sum(c.get("search_seconds", 0.0) + c.get("finetune_seconds", 0.0)
+                    + sum(e["finetune_seconds"] for e in c.get("extra_finetunes", {}).values()) for c in cells)
         parts.append(f"{spec.name} {total / 60:.0f} min")
     return ", ".join(parts)
 
@@ -1004,6 +1117,9 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
     text = doc.read_text() if doc.is_file() else ""
     rel = os.path.relpath(config_path.resolve(), ROOT)
     seeds = {spec.name: spec.seeds for spec in cfg.models}
+    ft_seeds = {spec.name: spec.finetune_seeds for spec in cfg.models if spec.finetune_seeds}
+    host = store.data["meta"].get("host", {}).get("device") or ", ".join(sorted(
+        {v.get("device", "?") for v in store.data["meta"].get("verified", {}).values()})) or "unrecorded"
     recipes = {spec.name: finetune_recipe(cfg, spec) for spec in cfg.models}
     per_model = "; ".join(f"{spec.name}: {spec.candidates or cfg.candidates} candidates, fine-tune "
                           f"{recipes[spec.name][0]:g} epoch(s) at lr {recipes[spec.name][1]:g}"
@@ -1011,7 +1127,7 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
     body = "\n".join([
         SECTION, "",
         f"Command: `.venv/bin/python experiments/benchmarks/headline.py {rel} --docs` "
-        f"({platform.machine()}, {os.cpu_count()} vCPU, torch {torch.__version__}). Compute in the cells "
+        f"(host {host}; {platform.machine()}, {os.cpu_count()} vCPU, torch {torch.__version__}). Compute in the cells "
         f"(searches incl. Ray start-up, picks, fine-tunes; base-model training and device profiles excluded): "
         f"{compute_minutes(cfg, store)}. The results file makes it resumable: a rerun computes only missing cells.",
         "",
@@ -1024,8 +1140,10 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
         f"{cfg.measure_top_k} best proxy candidates measured per round, the most accurate one within the measured "
         f"budget kept{pick_processes_text(cfg)}). Same fine-tune for every row of a model (SGD, cosine lr, on the "
         f"training split, masks kept; the *dense + the same fine-tune* row shows what those epochs alone buy the "
-        f"unpruned model); per model: {per_model}. Seeds per model (agent + fine-tune): {seeds}; the base "
-        "model and data splits use seed 0. *int8*: the whole model runs as onnxruntime static int8 (U8S8, "
+        f"unpruned model); per model: {per_model}. Seeds per model (agent + fine-tune): {seeds}"
+        + (f"; extra fine-tune seeds of every fine-tuned row (test acc is the mean ± std over its fine-tunes, "
+           f"the *seeds* column names them): {ft_seeds}" if ft_seeds else "")
+        + "; the base model and data splits use seed 0. *int8*: the whole model runs as onnxruntime static int8 (U8S8, "
         "per-channel); its accuracy is 8-bit fake-quant (weights per-channel, activations calibrated). "
         "Latency columns are **measured** (onnxruntime, separate process, median) unless labelled predicted: "
         "after all cells of a model are done, every kept policy and the dense model (fp32 and int8) are "
@@ -1078,6 +1196,11 @@ def main(argv: list[str] | None = None) -> int:
     spaces: dict[str, Any] = {}
     bench = None
     if not args.report_only:
+        try:
+            claim_host(store, this_host())
+        except HostMismatch as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         bench = BenchmarkTracker(cfg, args.tracking_uri, store)
         log(f"MLflow: {bench.uri}, benchmark run {bench.run_id}")
         try:
@@ -1086,6 +1209,9 @@ def main(argv: list[str] | None = None) -> int:
                     if args.reverify:
                         log(f"{spec.name}: --reverify: {drop_verification(cfg, spec, store)} rows to re-measure")
                     run_model(cfg, spec, store, bench)
+            for spec in cfg.models:  # where time allows: after every model's own cells
+                if args.models is None or spec.name in args.models:
+                    run_extra_finetunes(cfg, spec, store, bench)
         except KeyboardInterrupt:
             bench.finish(render(cfg, store), status="KILLED")
             log(f"interrupted; run the same command again to continue ({results})")
