@@ -164,6 +164,62 @@ def test_headline_smoke_end_to_end(tmp_path):
             assert cell["test_acc"] == before[key]["test_acc"] and cell["latency_ms"] == before[key]["latency_ms"]
 
 
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of a session (the benchmark, its Ray head and Ray's workers, which run in
+    process groups of their own) and wait until none is left."""
+    import time
+
+    subprocess.run(["pkill", "-KILL", "-s", str(sid)], check=False)
+    for _ in range(100):
+        if subprocess.run(["pgrep", "-s", str(sid)], capture_output=True).returncode != 0:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"processes of session {sid} outlived SIGKILL")
+
+
+def test_headline_resumes_the_search_it_was_killed_in(tmp_path):
+    """Killed mid-search (the benchmark runs across sessions), the next run resumes that search: the
+    candidates already logged are kept, none is evaluated twice, and the cell says it was resumed."""
+    import time
+
+    from mlflow import MlflowClient
+
+    config = _config(tmp_path, candidates=8, baselines=[], measure_top_k=1, pick_processes=1, verify_processes=1)
+    results = tmp_path / "results.json"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [sys.executable, str(SCRIPT), str(config), "--results", str(results), "--tracking-uri", uri]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    err = tmp_path / "first.err"
+    with err.open("w") as fh:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=fh, env=env, cwd=ROOT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while "[2/8]" not in err.read_text():
+            assert proc.poll() is None, f"the benchmark ended before its search did:\n{err.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no second candidate in 600 s:\n{err.read_text()[-3000:]}"
+            time.sleep(0.2)
+    finally:
+        _kill_session(proc.pid)
+        proc.wait()
+    assert "resnet20/fp32/random/s0" not in json.loads(results.read_text())["cells"]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("compress-search")
+    (first,) = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")
+
+    again = _run([str(config), "--results", str(results), "--tracking-uri", uri])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming its search {first.info.run_id}" in again.stderr
+    assert "already evaluated" in again.stderr  # the runner kept the candidates logged before the kill
+    cell = json.loads(results.read_text())["cells"]["resnet20/fp32/random/s0"]
+    assert cell["search_resumed"] is True and cell["search_id"] == first.info.run_id
+    assert cell["candidates"] == 8 and cell["search_seconds"] > 0
+    assert len(client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")) == 1
+    proxies = client.search_runs([exp.experiment_id], f"tags.`automl.search_id` = '{first.info.run_id}' and "
+                                                      "tags.`automl.stage` = 'proxy'")
+    assert sorted(int(r.data.tags["automl.candidate"]) for r in proxies) == list(range(8))
+
+
 def test_headline_rejects_bad_config(tmp_path):
     proc = _run([str(_config(tmp_path, agents=["random", "nope"]))], timeout=120)
     assert proc.returncode == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from automl.cli.base import Command, CommandError
 
@@ -41,6 +42,8 @@ class SearchCommand(Command):
         from automl.models import ModelError
         from automl.policy import PolicyError
 
+        if args.resume or args.parent_run_id:  # reading the logged candidates back: no progress bar per policy
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
             result = run_search(config, tracking_uri=args.tracking_uri, name=args.name, resume=args.resume,
                                 parent_run_id=args.parent_run_id, address=args.address)

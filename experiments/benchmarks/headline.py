@@ -24,7 +24,8 @@ Figures from two machines do not compare: the results file records the machine (
 run on another refuses to add to it.
 
 Each finished cell is saved to a results JSON at once (default `$AUTOML_HOME/benchmarks/<name>.json`), so an
-interrupted run continues where it stopped; `--docs` writes the table into docs/benchmarks.md.
+interrupted run continues where it stopped, and an agent's search stopped mid-way is resumed (the candidates
+it logged to MLflow and its agent's state are kept); `--docs` writes the table into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any, Literal
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a resumed search reads its policies back
 
 # this folder holds agents.py (the agents benchmark): keep it off the import path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -674,6 +676,28 @@ class BenchmarkTracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
+def interrupted_search(bench: BenchmarkTracker, name: str, sig: str) -> tuple[str, float] | None:
+    """(search id, seconds it ran) of this benchmark's search `name` under cell signature `sig` that was
+    stopped before its cell was saved (the benchmark killed mid-search, or between the search and the
+    fine-tune), else None. Why: a search is most of a cell's time (ResNet-20 ~13 min, MobileNetV2 ~25 min
+    on the AMD host), and the benchmark is run across sessions: resuming it keeps the candidates and the
+    agent's state it had. The seconds are from the search's start to its last logged candidate."""
+    runs = bench.client.search_runs(
+        [bench.experiment_id],
+        filter_string=f"tags.`automl.role` = 'search' and tags.`automl.search_name` = '{name}' "
+                      f"and tags.`automl.benchmark_signature` = '{sig}'",
+        order_by=["attributes.start_time DESC"], max_results=10)
+    for run in runs:
+        if run.data.tags.get("mlflow.parentRunId") != bench.run_id:
+            continue
+        children = bench.client.search_runs(
+            [bench.experiment_id], filter_string=f"tags.`automl.search_id` = '{run.info.run_id}' and "
+                                                 "tags.`automl.role` = 'candidate'", max_results=50_000)
+        ends = [c.info.end_time for c in children if c.info.end_time]
+        return run.info.run_id, (max(ends) - run.info.start_time) / 1000 if ends else 0.0
+    return None
+
+
 def log_finetuned_into_search(uri: str, experiment: str, search_id: str, cand: dict, cell: dict) -> None:
     """The fine-tuned, measured pick becomes a `finetuned` child of its search, so `automl best` finds it."""
     from automl.search.tracking_log import SearchTracker
@@ -795,11 +819,15 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                     "baseline_candidates": [],
                     "ray": cfg.ray.model_dump(), "tracking": cfg.tracking.model_dump(),
                 }, source="headline")
+                stopped = interrupted_search(bench, search_cfg.name, sig)
+                if stopped is not None:
+                    log(f"  resuming its search {stopped[0]} (stopped after {stopped[1]:.0f} s)")
                 t0 = time.perf_counter()
-                result = run_search(search_cfg, tracking_uri=bench.uri,
-                                    extra_tags={"mlflow.parentRunId": bench.run_id, "automl.benchmark": cfg.name},
+                result = run_search(search_cfg, tracking_uri=bench.uri, parent_run_id=stopped and stopped[0],
+                                    extra_tags={"mlflow.parentRunId": bench.run_id, "automl.benchmark": cfg.name,
+                                                "automl.benchmark_signature": sig},
                                     printer=log)
-                search_s = time.perf_counter() - t0
+                search_s = time.perf_counter() - t0 + (stopped[1] if stopped else 0.0)
                 torch.set_num_threads(cfg.threads)
                 if not any(c["status"] == "ok" for c in result.candidates):
                     errors = sorted({(c.get("error") or "?").splitlines()[0] for c in result.candidates})
@@ -817,6 +845,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                     "budget_predicted_ms": budget_pred_ms,
                     "finetune_seconds": ft["finetune_seconds"], "candidates": len(result.candidates),
                     "failed_candidates": failed, "measured_for_pick": n_measured, "search_id": result.search_id,
+                    "search_resumed": stopped is not None,
                     "finetuned": True})
                 log_finetuned_into_search(bench.uri, cfg.tracking.experiment, result.search_id, cand, cell)
                 store.put(key, cell, sig)
