@@ -164,17 +164,23 @@ def test_headline_smoke_end_to_end(tmp_path):
             assert cell["test_acc"] == before[key]["test_acc"] and cell["latency_ms"] == before[key]["latency_ms"]
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of a session (the benchmark, its Ray head and Ray's workers, which run in
-    process groups of their own) and wait until none is left."""
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of the benchmark's session (the benchmark, its Ray head and Ray's workers, which
+    run in process groups of their own), reap the benchmark, and wait until none of them runs (a killed
+    process can stay a zombie until its new parent reaps it: that one no longer runs)."""
     import time
 
-    subprocess.run(["pkill", "-KILL", "-s", str(sid)], check=False)
+    subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
+    proc.wait()
+    running: list[str] = []
     for _ in range(100):
-        if subprocess.run(["pgrep", "-s", str(sid)], capture_output=True).returncode != 0:
+        table = subprocess.run(["ps", "-e", "-o", "sid=,stat=,pid=,args="], capture_output=True, text=True).stdout
+        running = [line for line in table.splitlines()
+                   if line.split()[0] == str(proc.pid) and not line.split()[1].startswith("Z")]
+        if not running:
             return
         time.sleep(0.1)
-    pytest.fail(f"processes of session {sid} outlived SIGKILL")
+    pytest.fail("processes of the killed benchmark still run:\n" + "\n".join(running))
 
 
 def test_headline_resumes_the_search_it_was_killed_in(tmp_path):
@@ -200,8 +206,7 @@ def test_headline_resumes_the_search_it_was_killed_in(tmp_path):
             assert time.monotonic() < deadline, f"no second candidate in 600 s:\n{err.read_text()[-3000:]}"
             time.sleep(0.2)
     finally:
-        _kill_session(proc.pid)
-        proc.wait()
+        _kill_session(proc)
     assert "resnet20/fp32/random/s0" not in json.loads(results.read_text())["cells"]
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("compress-search")
