@@ -70,7 +70,47 @@ def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of the benchmark's session (the benchmark, its Ray head and Ray's workers, which
+    run in process groups of their own), reap the benchmark, and wait until none of them runs (a killed
+    process can stay a zombie until its new parent reaps it: that one no longer runs)."""
+    import time
+
+    subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
+    proc.wait()
+    running: list[str] = []
+    for _ in range(100):
+        table = subprocess.run(["ps", "-e", "-o", "sid=,stat=,pid=,args="], capture_output=True, text=True).stdout
+        running = [line for line in table.splitlines()
+                   if line.split()[0] == str(proc.pid) and not line.split()[1].startswith("Z")]
+        if not running:
+            return
+        time.sleep(0.1)
+    pytest.fail("processes of the killed benchmark still run:\n" + "\n".join(running))
+
+
+def _start_and_kill_mid_search(args: list[str], err: Path, progress: str) -> None:
+    """Start the benchmark, wait for the search's `progress` line, then SIGKILL its whole session."""
+    import time
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with err.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.DEVNULL, stderr=fh,
+                                env=env, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while progress not in err.read_text():
+            assert proc.poll() is None, f"the benchmark ended before its search did:\n{err.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {progress} in 600 s:\n{err.read_text()[-3000:]}"
+            time.sleep(0.2)
+    finally:
+        _kill_session(proc)
+
+
 def test_headline_smoke_end_to_end(tmp_path):
+    """The whole benchmark on a tiny setting, killed mid-search first (it runs across sessions): the next run
+    resumes that search (candidates logged before the kill kept, none evaluated twice) and finishes every
+    cell; a third run recomputes nothing; --reverify re-measures the kept policies only."""
     from mlflow import MlflowClient
 
     # one extra fine-tune seed of every fine-tuned row (`finetune_seeds`)
@@ -78,8 +118,22 @@ def test_headline_smoke_end_to_end(tmp_path):
                                         "finetune_seeds": [1]}])
     results = tmp_path / "results.json"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = _run([str(config), "--results", str(results), "--tracking-uri", uri])
+    args = [str(config), "--results", str(results), "--tracking-uri", uri]
+    _start_and_kill_mid_search(args, tmp_path / "first.err", "[2/3]")
+    assert "resnet20/fp32/random/s0" not in json.loads(results.read_text())["cells"]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("compress-search")
+    (first,) = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")
+
+    proc = _run(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming its search {first.info.run_id}" in proc.stderr
+    assert "already evaluated" in proc.stderr  # the runner kept the candidates logged before the kill
+    resumed = json.loads(results.read_text())["cells"]["resnet20/fp32/random/s0"]
+    assert resumed["search_resumed"] is True and resumed["search_id"] == first.info.run_id
+    proxies = client.search_runs([exp.experiment_id], f"tags.`automl.search_id` = '{first.info.run_id}' and "
+                                                      "tags.`automl.stage` = 'proxy'")
+    assert sorted(int(r.data.tags["automl.candidate"]) for r in proxies) == [0, 1, 2]
 
     saved = json.loads(results.read_text())
     assert saved["meta"]["host"]["fingerprint"]  # the machine the figures come from
@@ -128,8 +182,6 @@ def test_headline_smoke_end_to_end(tmp_path):
         assert label in proc.stdout
 
     # MLflow: one benchmark parent, the searches nested under it, one result child per cell
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("compress-search")
     bench = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'benchmark'")
     assert len(bench) == 1
     bench_id = bench[0].info.run_id
@@ -146,14 +198,14 @@ def test_headline_smoke_end_to_end(tmp_path):
         assert len(ft) == 1 and ft[0].data.tags["automl.latency_source"] == "measured"
 
     # a second invocation resumes: nothing is recomputed, no new runs
-    again = _run([str(config), "--results", str(results), "--tracking-uri", uri])
+    again = _run(args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "== resnet20" not in again.stderr and "verifying" not in again.stderr
     assert "extra fine-tune" not in again.stderr
     assert len(client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")) == 1
     # --reverify re-measures every kept policy and nothing else
     before = json.loads(results.read_text())["cells"]
-    third = _run([str(config), "--results", str(results), "--tracking-uri", uri, "--reverify"])
+    third = _run([*args, "--reverify"])
     assert third.returncode == 0, third.stderr[-3000:]
     assert "--reverify: 5 rows to re-measure" in third.stderr and "verifying 6 models" in third.stderr
     assert "== resnet20" not in third.stderr
@@ -162,67 +214,6 @@ def test_headline_smoke_end_to_end(tmp_path):
         if "policy" in cell:
             assert len(cell["verified_speedups"]) == 2
             assert cell["test_acc"] == before[key]["test_acc"] and cell["latency_ms"] == before[key]["latency_ms"]
-
-
-def _kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL every process of the benchmark's session (the benchmark, its Ray head and Ray's workers, which
-    run in process groups of their own), reap the benchmark, and wait until none of them runs (a killed
-    process can stay a zombie until its new parent reaps it: that one no longer runs)."""
-    import time
-
-    subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
-    proc.wait()
-    running: list[str] = []
-    for _ in range(100):
-        table = subprocess.run(["ps", "-e", "-o", "sid=,stat=,pid=,args="], capture_output=True, text=True).stdout
-        running = [line for line in table.splitlines()
-                   if line.split()[0] == str(proc.pid) and not line.split()[1].startswith("Z")]
-        if not running:
-            return
-        time.sleep(0.1)
-    pytest.fail("processes of the killed benchmark still run:\n" + "\n".join(running))
-
-
-def test_headline_resumes_the_search_it_was_killed_in(tmp_path):
-    """Killed mid-search (the benchmark runs across sessions), the next run resumes that search: the
-    candidates already logged are kept, none is evaluated twice, and the cell says it was resumed."""
-    import time
-
-    from mlflow import MlflowClient
-
-    config = _config(tmp_path, candidates=8, baselines=[], measure_top_k=1, pick_processes=1, verify_processes=1)
-    results = tmp_path / "results.json"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [sys.executable, str(SCRIPT), str(config), "--results", str(results), "--tracking-uri", uri]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    err = tmp_path / "first.err"
-    with err.open("w") as fh:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=fh, env=env, cwd=ROOT,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 600
-        while "[2/8]" not in err.read_text():
-            assert proc.poll() is None, f"the benchmark ended before its search did:\n{err.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no second candidate in 600 s:\n{err.read_text()[-3000:]}"
-            time.sleep(0.2)
-    finally:
-        _kill_session(proc)
-    assert "resnet20/fp32/random/s0" not in json.loads(results.read_text())["cells"]
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("compress-search")
-    (first,) = client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")
-
-    again = _run([str(config), "--results", str(results), "--tracking-uri", uri])
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming its search {first.info.run_id}" in again.stderr
-    assert "already evaluated" in again.stderr  # the runner kept the candidates logged before the kill
-    cell = json.loads(results.read_text())["cells"]["resnet20/fp32/random/s0"]
-    assert cell["search_resumed"] is True and cell["search_id"] == first.info.run_id
-    assert cell["candidates"] == 8 and cell["search_seconds"] > 0
-    assert len(client.search_runs([exp.experiment_id], "tags.`automl.role` = 'search'")) == 1
-    proxies = client.search_runs([exp.experiment_id], f"tags.`automl.search_id` = '{first.info.run_id}' and "
-                                                      "tags.`automl.stage` = 'proxy'")
-    assert sorted(int(r.data.tags["automl.candidate"]) for r in proxies) == list(range(8))
 
 
 def test_headline_rejects_bad_config(tmp_path):
