@@ -43,7 +43,7 @@ run: install
 
 # Two pytest workers (pytest-xdist), each test file on one worker so module fixtures are built once: most
 # tests use about one core (a subprocess, a Ray trial, a timing process), so on 2 cores the suite takes
-# ~11 min instead of ~18-20 (AMD EPYC 2-vCPU host). No test asserts a timing. TEST_WORKERS=0 runs serially.
+# ~12 min instead of ~18-20 (AMD EPYC 2-vCPU host). No test asserts a timing. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 
 test: install
