@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,16 @@ def _config(tmp_path: Path, **over) -> Path:
     return path
 
 
-def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the benchmark in its own process group; on a timeout the whole group (Ray included) is killed."""
+def _start(args: list[str], stdout, stderr) -> subprocess.Popen:
+    """The benchmark in a session of its own (so the whole of it, Ray included, can be killed)."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=ROOT, start_new_session=True)
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=stdout, stderr=stderr, text=True,
+                            env=env, cwd=ROOT, start_new_session=True)
+
+
+def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the benchmark to its end; on a timeout the whole group (Ray included) is killed."""
+    proc = _start(args, subprocess.PIPE, subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -74,8 +80,6 @@ def _kill_session(proc: subprocess.Popen) -> None:
     """SIGKILL every process of the benchmark's session (the benchmark, its Ray head and Ray's workers, which
     run in process groups of their own), reap the benchmark, and wait until none of them runs (a killed
     process can stay a zombie until its new parent reaps it: that one no longer runs)."""
-    import time
-
     subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
     proc.wait()
     running: list[str] = []
@@ -91,12 +95,8 @@ def _kill_session(proc: subprocess.Popen) -> None:
 
 def _start_and_kill_mid_search(args: list[str], err: Path, progress: str) -> None:
     """Start the benchmark, wait for the search's `progress` line, then SIGKILL its whole session."""
-    import time
-
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
     with err.open("w") as fh:
-        proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.DEVNULL, stderr=fh,
-                                env=env, cwd=ROOT, start_new_session=True)
+        proc = _start(args, subprocess.DEVNULL, fh)
     try:
         deadline = time.monotonic() + 600
         while progress not in err.read_text():
