@@ -415,6 +415,71 @@ def test_pick_holds_the_budget_in_the_median_of_several_timing_processes(tmp_pat
     assert "median over 3 timing processes" in h.pick_processes_text(cfg.model_copy(update={"pick_processes": 3}))
 
 
+def test_pick_recalibrates_on_what_it_measured_when_the_most_accurate_are_all_over(tmp_path):
+    """Where every candidate of the proxy-ordered rounds is over the budget, the next rounds measure the most
+    accurate of the others whose predicted latency, scaled by the measured / predicted ratio seen so far,
+    fits it; none fitting, the fastest measured is returned flagged."""
+    from automl.policy import CompressionPolicy
+
+    h = _headline_module()
+    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path))
+
+    def cand(tag, acc, pred):
+        return {"index": ord(tag) - 65, "status": "ok", "metrics": {"accuracy": acc, "latency_ms": pred},
+                "policy": CompressionPolicy("resnet20", metadata={"tag": tag})}
+
+    # A-C are over by 5% (measured / predicted 1.05); D predicted 0.97 -> 1.02: still over; E (0.94 -> 0.99)
+    # fits, F (0.90) too but less accurate; G is fast but predicted over, so never measured
+    cands = [cand("A", 0.9, 1.0), cand("B", 0.89, 1.0), cand("C", 0.88, 1.0), cand("D", 0.87, 0.97),
+             cand("E", 0.86, 0.94), cand("F", 0.8, 0.90), cand("G", 0.95, 1.2)]
+    cands.append({**cand("H", 0.99, 0.5), "status": "error"})
+    script = {"A": [1.05], "B": [1.05], "C": [1.05], "G": [1.26], "E": [0.985], "F": [0.95]}
+    m = _scripted_measurer(h, cfg, script)
+    c, ms, within, n = h.pick_by_measurement(cands, m, "fp32", 1.0, k=2, rounds=2)
+    # rounds 1-2 by proxy: G (1.26), A | B, C; then the recalibrated round: E and F (D: 0.97 x 1.05 > 1)
+    assert m.timed == [["G", "A"], ["B", "C"], ["E", "F"]]
+    assert (c["metrics"]["latency_ms"], within, n) == (0.94, True, 6) and ms == pytest.approx(0.985)
+
+    script = {"A": [1.05], "B": [1.05], "C": [1.05], "G": [1.26], "E": [1.02], "F": [1.01]}
+    m = _scripted_measurer(h, cfg, script)
+    c, ms, within, n = h.pick_by_measurement(cands, m, "fp32", 1.0, k=2, rounds=2)
+    assert m.timed == [["G", "A"], ["B", "C"], ["E", "F"]]  # after E and F no other fits: it stops there
+    assert (c["metrics"]["latency_ms"], within, n) == (0.90, False, 6) and ms == pytest.approx(1.01)
+    assert h.pick_by_measurement(cands, _scripted_measurer(h, cfg, script), "fp32", 1.0, k=2, rounds=2,
+                                 recalibrated_rounds=0)[2:] == (False, 4)
+
+    # a cell picked over the budget before these rounds existed is recomputed; one within it is not
+    assert h.needs_repick({"within_budget": False}) and not h.needs_repick({"within_budget": True})
+    assert not h.needs_repick({"within_budget": False, "pick_rule": h.PICK_RULE})
+
+
+def test_budget_conversion_samples_policies_near_the_budget():
+    """The budget's conversion measures policies drawn from the space whose predictions are nearest the
+    budget: the n nearest of the pool, seeded (the same draw on every run), with the setting's bits."""
+    from automl.models import build_model
+    from search_spaces import SearchSpace, SpaceConfig, cost_report
+
+    h = _headline_module()
+    space = SearchSpace.from_model(build_model("resnet20", 1, 10, 28), "resnet20", (1, 28, 28),
+                                   SpaceConfig.from_dict({"schemes": {"conv3x3": ["channel"], "conv1x1": ["channel"]},
+                                                          "sparsities": [0.0, 0.3, 0.6]}))
+
+    def mac_ratio(policy):
+        return float(cost_report(space, policy).mac_ratio)
+
+    drawn = h.sampled_near_budget(space, mac_ratio, 0.5, 5, None, pool=64)
+    assert len(drawn) == 5 and all(pred == pytest.approx(mac_ratio(p)) for p, pred in drawn)
+    gaps = [abs(pred - 0.5) for _, pred in drawn]
+    assert gaps == sorted(gaps) and gaps[-1] < 0.1  # the nearest of 64 draws, nearest first
+    pool = [abs(mac_ratio(p) - 0.5) for p, _ in h.sampled_near_budget(space, mac_ratio, 0.5, 64, None, pool=64)]
+    assert sorted(pool)[:5] == pytest.approx(gaps)
+    again = h.sampled_near_budget(space, mac_ratio, 0.5, 5, None, pool=64)
+    assert [p.to_dict() for p, _ in again] == [p.to_dict() for p, _ in drawn]
+    int8 = h.sampled_near_budget(space, mac_ratio, 0.5, 2, 8, pool=8)
+    assert all(p.decision(name).weight_bits == 8 == p.decision(name).act_bits
+               for p, _ in int8 for name in space.layer_names())
+
+
 def test_results_file_keeps_to_one_machine(tmp_path):
     """A results file records the machine (and timed libraries) its figures come from; a run on another
     refuses to add to it, naming both and the way out. A file written before hosts were recorded is checked
@@ -439,6 +504,27 @@ def test_results_file_keeps_to_one_machine(tmp_path):
         h.claim_host(old, here)
     h.claim_host(old, other)  # the machine it names: recorded from now on
     assert old.data["meta"]["host"] == other
+
+
+def test_a_fresh_machine_finds_the_committed_run_measured_on_it(tmp_path):
+    """The committed `<name>_results*.json` whose recorded machine is this one is continued; another
+    machine's file, a file naming no machine, another benchmark's file and an unreadable one are not."""
+    h = _headline_module()
+    here = h.this_host()
+    other = {"device": "Other CPU x2", "fingerprint": "other-cpu-x2-0123456789"}
+
+    def write(name: str, meta: dict) -> Path:
+        (tmp_path / name).write_text(json.dumps({"config": {}, "cells": {}, "meta": meta}))
+        return tmp_path / name
+
+    write("headline_results_other.json", {"host": other})
+    write("headline_results.json", {"verified": {"resnet20": {"device": here["device"]}}})
+    (tmp_path / "headline_results_broken.json").write_text("{not json")
+    write("quick_results_here.json", {"host": here})
+    assert h.committed_results("headline", here, tmp_path) is None
+    mine = write("headline_results_here.json", {"host": here})
+    assert h.committed_results("headline", here, tmp_path) == mine
+    assert h.committed_results("headline", other, tmp_path) == tmp_path / "headline_results_other.json"
 
 
 def test_extra_finetune_seeds_order_and_report(tmp_path):
