@@ -480,6 +480,51 @@ def test_budget_conversion_samples_policies_near_the_budget():
                for p, _ in int8 for name in space.layer_names())
 
 
+def test_fill_budget_moves_a_pick_to_the_budget_keeping_its_allocation(tmp_path):
+    """A pick under the budget is pruned less, one over it more, by one factor on its channel layers'
+    sparsities, until it sits just within the budget; the agent's per-layer allocation keeps its order. A
+    budget the space's largest sparsities cannot reach leaves the pick as it was, flagged."""
+    from automl.models import build_model
+    from search_spaces import SearchSpace, SpaceConfig, cost_report
+
+    h = _headline_module()
+    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path))
+    space = SearchSpace.from_model(build_model("resnet20", 1, 10, 28), "resnet20", (1, 28, 28),
+                                   SpaceConfig.from_dict({"schemes": {"conv3x3": ["channel"], "conv1x1": ["channel"]},
+                                                          "sparsities": [0.0, 0.35, 0.7]}))
+    names = space.layer_names()
+    convs = [n for n in names if space.choices(n).schemes != ["dense"] and "channel" in space.choices(n).schemes]
+
+    class MacMeter(h.Measurer):  # "latency" = MAC ratio: monotone in the pruning, like the real one
+        def __init__(self):
+            super().__init__(cfg, "resnet20", None, None, (1, 28, 28))
+            self.calls = []
+
+        def measure(self, policies, precision, processes=1):
+            self.calls.append(processes)
+            return [float(cost_report(space, p).mac_ratio) for p in policies]
+
+    choices = {n: {"scheme": "channel", "sparsity": 0.2 + 0.3 * (i % 2), "align": 1} for i, n in enumerate(convs)}
+    pick = space.decode(choices)
+    pick_ms = float(cost_report(space, pick).mac_ratio)
+
+    for target in (pick_ms * 1.15, pick_ms * 0.85):  # slack under the budget, then over it
+        meter = MacMeter()
+        policy, ms, within, t = h.fill_budget(pick, space, meter, "fp32", target, steps=8, processes=3)
+        assert within and ms <= target and ms > 0.97 * target
+        assert (t < 1) == (target > pick_ms) and ms == pytest.approx(float(cost_report(space, policy).mac_ratio))
+        sp = [policy.decision(n).sparsity for n in convs]
+        assert all(a > b for a, b in zip(sp[1::2], sp[0::2], strict=False))  # the allocation's shape is kept
+        assert 3 in meter.calls  # a step within the budget confirmed in the median of 3 processes
+
+    policy, ms, within, t = h.fill_budget(pick, space, MacMeter(), "fp32", 0.01, steps=4)
+    assert (policy, ms, within, t) == (pick, pytest.approx(pick_ms), False, 1.0)
+    dense = space.dense_policy()
+    assert h.fill_budget(dense, space, MacMeter(), "fp32", 0.5, steps=4)[1:] == (1.0, False, 1.0)
+    spec = cfg.models[0]
+    assert h.signature(cfg, spec) != h.signature(cfg.model_copy(update={"fill_budget": True}), spec)
+
+
 def test_results_file_keeps_to_one_machine(tmp_path):
     """A results file records the machine (and timed libraries) its figures come from; a run on another
     refuses to add to it, naming both and the way out. A file written before hosts were recorded is checked

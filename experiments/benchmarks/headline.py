@@ -151,6 +151,10 @@ class HeadlineConfig(_Strict):
     verify_processes: int = Field(3, ge=1, description="timing processes of the final re-measurement (median)")
     pick_processes: int = Field(1, ge=1, description="timing processes whose median must meet the budget for a "
                                 "pick (and a uniform baseline step) to count as within it")
+    fill_budget: bool = Field(False, description="scale each pick's channel sparsities (one factor for all "
+                              "layers, bisected on measured latency) until it meets the budget with the least "
+                              "pruning: every row at the budget's latency, as the uniform baseline")
+    fill_steps: int = Field(6, ge=1, description="measured bisection steps of fill_budget")
     baselines: list[Literal["uniform_channel", "global_magnitude", "dense_finetuned"]] = Field(
         default_factory=lambda: ["uniform_channel", "global_magnitude", "dense_finetuned"],
         description="dense_finetuned: the dense model given the same fine-tune (what the extra epochs alone buy)")
@@ -200,10 +204,12 @@ def log(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------ results store
-def signature(cfg: HeadlineConfig, spec: ModelSpec) -> str:
+def signature(cfg: HeadlineConfig, spec: ModelSpec, search: bool = False) -> str:
     """What a cell's figures depend on; a cell computed under another signature is recomputed.
 
-    Adding seeds, agents, settings or baselines keeps the finished cells; changing the recipe does not."""
+    Adding seeds, agents, settings or baselines keeps the finished cells; changing the recipe does not.
+    `search`: what a search depends on (without the steps after it, `fill_budget`): a search stopped or
+    finished before its cell was saved is resumed under it."""
     import hashlib
 
     relevant = cfg.model_dump(mode="json", include={"dataset", "budget_ratio", "candidates", "proxy_val_images",
@@ -214,15 +220,17 @@ def signature(cfg: HeadlineConfig, spec: ModelSpec) -> str:
         relevant["model"].pop("finetune_lr", None)
     if cfg.pick_processes != 1:  # the default keeps the cells computed before the option existed
         relevant["pick_processes"] = cfg.pick_processes
+    if cfg.fill_budget and not search:  # likewise
+        relevant["fill_budget"] = cfg.fill_steps
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def setting_signature(cfg: HeadlineConfig, spec: ModelSpec, setting: str) -> str:
+def setting_signature(cfg: HeadlineConfig, spec: ModelSpec, setting: str, search: bool = False) -> str:
     """The signature of one setting's cells: the model's, extended by that setting's `per_setting` entry
     (a setting without one keeps the model's signature, so adding an override recomputes only its cells)."""
     import hashlib
 
-    base = signature(cfg, spec)
+    base = signature(cfg, spec, search)
     override = setting_entry(cfg, setting, spec)
     if override is None:
         return base
@@ -231,16 +239,22 @@ def setting_signature(cfg: HeadlineConfig, spec: ModelSpec, setting: str) -> str
 
 
 def current_cells(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore) -> dict[str, dict[str, Any]]:
-    """This model's cells computed under the current recipe: "<model>/<setting>/..." and
-    "<model>/budget/<setting>" cells against their setting's signature, the others against the model's."""
-    want = {None: signature(cfg, spec), **{s: setting_signature(cfg, spec, s) for s in ("fp32", "int8")}}
+    """This model's cells computed under the current recipe: "<model>/<setting>/..." cells against their
+    setting's signature, "<model>/budget/<setting>" against its search signature, "<model>/dense-latency"
+    against the model's search signature."""
+    want = {s: setting_signature(cfg, spec, s) for s in ("fp32", "int8")}
+    want_search = {None: signature(cfg, spec, search=True),
+                   **{s: setting_signature(cfg, spec, s, search=True) for s in ("fp32", "int8")}}
     out = {}
     for key, cell in store.data["cells"].items():
         parts = key.split("/")
         if parts[0] != spec.name:
             continue
-        setting = parts[1] if parts[1] in ("fp32", "int8") else parts[2] if parts[1] == "budget" else None
-        if cell.get("signature") == want[setting]:
+        if parts[1] in ("fp32", "int8"):
+            current = want[parts[1]]
+        else:  # the budget and the dense latency: what the searches start from
+            current = want_search[parts[2] if parts[1] == "budget" else None]
+        if cell.get("signature") == current:
             out[key] = cell
     return out
 
@@ -539,6 +553,54 @@ def pick_by_measurement(candidates: list[dict], measurer: Measurer, precision: s
     return c, m, False, len(measured)
 
 
+def scale_channel_sparsity(policy, space, t: float):
+    """The policy with every channel-pruned layer's sparsity times `t`, capped at the largest sparsity the
+    space offers that layer (t < 1 prunes less, t > 1 more; the other layers as they are)."""
+    from automl.policy import CompressionPolicy
+
+    layers = dict(policy.layers)
+    for name in space.layer_names():
+        d = policy.decision(name)
+        if d.scheme == "channel":
+            layers[name] = replace(d, sparsity=min(d.sparsity * t, max(space.choices(name).sparsities)))
+    return CompressionPolicy(policy.model, layers, policy.default, dict(policy.metadata))
+
+
+def fill_budget(policy, space, measurer: Measurer, precision: str, target_ms: float, steps: int,
+                processes: int = 1) -> tuple[Any, float, bool, float]:
+    """The pick moved to the budget's measured latency: its channel sparsities scaled by one factor t,
+    bisected on measured latency for the least pruning that meets the budget (t <= 1 for a pick within it,
+    t >= 1 for one over it, up to the space's largest sparsities). Why: the comparison the benchmark makes is
+    at the same measured latency, and the uniform baseline is bisected to the budget; a pick that the
+    profile's error left a few percent under the budget (or over it) would be compared at another speed.
+    The agent's allocation, which layers it prunes more and which less, is kept. A step that one process
+    times within the budget must hold in the median of `processes` (the pick's rule).
+    Returns (policy, measured ms, within budget, t)."""
+    (ms,) = measurer.measure([policy], precision, processes)
+    channel = [policy.decision(n).sparsity for n in space.layer_names() if policy.decision(n).scheme == "channel"]
+    if not channel or max(channel) == 0.0:
+        return policy, ms, ms <= target_ms, 1.0
+    if ms <= target_ms:
+        lo, hi, best = 0.0, 1.0, (policy, ms, 1.0)
+    else:
+        cap = max(max(space.choices(n).sparsities) for n in space.layer_names())
+        lo, hi, best = 1.0, max(1.0, cap / max(channel)), None
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        scaled = scale_channel_sparsity(policy, space, mid)
+        (m,) = measurer.measure([scaled], precision)
+        if m <= target_ms and processes > 1:
+            (m,) = measurer.measure([scaled], precision, processes)
+        log(f"  fill: sparsities x {mid:.3f}: measured {m:.3f} ms (budget {target_ms:.3f})")
+        if m <= target_ms:
+            best, hi = (scaled, m, mid), mid
+        else:
+            lo = mid
+    if best is None:
+        return policy, ms, False, 1.0
+    return best[0], best[1], True, best[2]
+
+
 def bisect_uniform_channel(make_policy, cost, target_ms: float, iters: int):
     """Bisect the MAC ratio of uniform channel pruning (in [0.02, 1]) for the largest ratio whose policy's
     `cost` meets `target_ms`. `make_policy(ratio)` builds the policy, `cost(policy, ratio)` prices it.
@@ -826,7 +888,6 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
     from search_spaces.baselines import global_magnitude
 
     torch.set_num_threads(cfg.threads)
-    sig = signature(cfg, spec)
     n_candidates = spec.candidates or cfg.candidates
     ds = cfg.dataset
     ckpt = train_or_load(spec.name, ds.name, epochs=spec.train_epochs, seed=0, limit=spec.train_limit,
@@ -838,11 +899,11 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
     calib = splits.x_train[:128 * max(1, cfg.finetune.calib_batches)]
     measurer = Measurer(cfg, spec.name, base, calib, shape)
 
-    dense_key = f"{spec.name}/dense-latency"
-    if store.get(dense_key, sig) is None:
+    dense_key = f"{spec.name}/dense-latency"  # what the searches start from: under their signature
+    if store.get(dense_key, signature(cfg, spec, search=True)) is None:
         dense_ms = measurer.measure_dense()
         store.put(dense_key, {"latency_ms": dense_ms, "test_acc": float(ckpt.meta["test_acc"]),
-                              "checkpoint": str(ckpt.path)}, sig)
+                              "checkpoint": str(ckpt.path)}, signature(cfg, spec, search=True))
     elif store.get(dense_key)["test_acc"] != float(ckpt.meta["test_acc"]):
         # a fresh machine retrains the base model; later cells (and extra fine-tune seeds) start from it
         log(f"warning: {spec.name}: the base model here has test acc {100 * float(ckpt.meta['test_acc']):.2f}%, "
@@ -862,13 +923,14 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         space = SearchSpace.from_model(base, spec.name, shape, space_cfg)
         # the in-loop budget is fixed once per model and setting (re-deriving it in a resumed run would
         # give later agents a different yardstick: the dense measurement it comes from is noisy)
-        budget_key = f"{spec.name}/budget/{setting}"
-        if store.get(budget_key, sig) is None:
+        budget_key = f"{spec.name}/budget/{setting}"  # the searches': under their signature
+        search_sig = setting_signature(cfg, spec, setting, search=True)
+        if store.get(budget_key, search_sig) is None:
             value = predicted_budget(cfg, space, measurer, setting, bits, target_ms, base=base,
                                      model_name=spec.name, shape=shape, space_cfg=space_cfg, spec=spec)
             store.put(budget_key, {"budget_predicted_ms": value, "budget_ms": target_ms,
-                                   "conversion": "median of uniform and sampled policies"}, sig)
-        budget_pred_ms = store.get(budget_key, sig)["budget_predicted_ms"]
+                                   "conversion": "median of uniform and sampled policies"}, search_sig)
+        budget_pred_ms = store.get(budget_key, search_sig)["budget_predicted_ms"]
 
         def cell_of(method: str, policy, ms: float, within: bool, seed: int, extra: dict[str, Any],
                     space=space, setting=setting) -> dict[str, Any]:
@@ -928,13 +990,13 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                     "baseline_candidates": [],
                     "ray": cfg.ray.model_dump(), "tracking": cfg.tracking.model_dump(),
                 }, source="headline")
-                stopped = interrupted_search(bench, search_cfg.name, sig, budget_pred_ms)
+                stopped = interrupted_search(bench, search_cfg.name, search_sig, budget_pred_ms)
                 if stopped is not None:
                     log(f"  resuming its search {stopped[0]} (stopped after {stopped[1]:.0f} s)")
                 t0 = time.perf_counter()
                 result = run_search(search_cfg, tracking_uri=bench.uri, parent_run_id=stopped and stopped[0],
                                     extra_tags={"mlflow.parentRunId": bench.run_id, "automl.benchmark": cfg.name,
-                                                "automl.benchmark_signature": sig,
+                                                "automl.benchmark_signature": search_sig,
                                                 "automl.benchmark_budget": budget_tag(budget_pred_ms)},
                                     printer=log)
                 search_s = time.perf_counter() - t0 + (stopped[1] if stopped else 0.0)
@@ -946,9 +1008,17 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                                                                    cfg.measure_top_k, processes=cfg.pick_processes)
                 log(f"  pick: candidate #{cand['index']} proxy {100 * cand['metrics']['accuracy']:.2f}%, "
                     f"measured {ms:.3f} ms ({'within' if within else 'OVER'} budget; {n_measured} measured)")
-                ft = finetune_cell(base, cand["policy"], splits, cfg, spec, seed)
+                kept, fill = cand["policy"], {}
+                if cfg.fill_budget:
+                    picked_ms = ms
+                    kept, ms, within, t = fill_budget(kept, space, measurer, setting, target_ms, cfg.fill_steps,
+                                                      processes=cfg.pick_processes)
+                    fill = {"fill_t": t, "picked_ms": picked_ms}
+                    log(f"  fill: sparsities x {t:.3f}, measured {ms:.3f} ms "
+                        f"({'within' if within else 'OVER'} budget)")
+                ft = finetune_cell(base, kept, splits, cfg, spec, seed)
                 failed = sum(1 for c in result.candidates if c["status"] != "ok")
-                cell = cell_of(agent, cand["policy"], ms, within, seed, {
+                cell = cell_of(agent, kept, ms, within, seed, {**fill,
                     "test_acc": ft["test_accuracy"], "test_acc_before_ft": ft["test_accuracy_before"],
                     "proxy_acc": cand["metrics"]["accuracy"], "predicted_ms": cand["metrics"].get("latency_ms"),
                     "search_seconds": search_s, "trial_seconds": result.trial_seconds or float("nan"),
@@ -957,9 +1027,10 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                     "failed_candidates": failed, "measured_for_pick": n_measured, "search_id": result.search_id,
                     "search_resumed": stopped is not None, "pick_rule": PICK_RULE,
                     "finetuned": True})
-                log_finetuned_into_search(bench.uri, cfg.tracking.experiment, result.search_id, cand, cell)
+                log_finetuned_into_search(bench.uri, cfg.tracking.experiment, result.search_id,
+                                          {**cand, "policy": kept}, cell)
                 store.put(key, cell, sig)
-                bench.log_result(key, cell, cand["policy"])
+                bench.log_result(key, cell, kept)
                 log(f"  {key}: test acc {100 * cell['test_acc']:.2f}% at {ms:.3f} ms ({cell['speedup']:.2f}x)")
 
             for baseline in cfg.baselines:
@@ -1242,6 +1313,14 @@ def verify_processes_text(store: ResultStore) -> str:
     return ", ".join(f"{name}: {v.get('processes', 1)}" for name, v in verified.items()) or "none yet"
 
 
+def budget_rule_text(cfg: HeadlineConfig, store: ResultStore) -> str:
+    """Which models' and settings' in-loop budgets came from the earlier, uniform-only conversion (budget cells
+    are kept when the rule changes: the searches of that setting ran under them)."""
+    old = sorted(k.replace("/budget/", " ") for spec in cfg.models for k, c in current_cells(cfg, spec, store).items()
+                 if "/budget/" in k and "conversion" not in c)
+    return f"; {', '.join(old)}: the uniform model's ratio alone, the rule when they were searched" if old else ""
+
+
 def pick_processes_text(cfg: HeadlineConfig) -> str:
     if cfg.pick_processes == 1:
         return ""
@@ -1274,10 +1353,12 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
         f"fp32 (batch {cfg.latency.batch}, {cfg.latency.threads} thread). Every agent: one `automl search` with "
         f"the same number of candidates (per model, below; proxy accuracy on {cfg.proxy_val_images} validation images after BN "
         f"recalibration{proxy_steps_text(cfg)}; the budget on the device profile's predicted latency, converted "
-        f"with the predicted / measured ratio of the uniform channel-pruned model the profile puts at the budget, "
-        f"else of the dense model), then the deploy-verified pick (the "
-        f"{cfg.measure_top_k} best proxy candidates measured per round, the most accurate one within the measured "
-        f"budget kept{pick_processes_text(cfg)}). Same fine-tune for every row of a model (SGD, cosine lr, on the "
+        f"with the median predicted / measured ratio of the uniform channel-pruned model the profile puts at the "
+        f"budget and of 6 policies drawn from the space that it predicts nearest the budget{budget_rule_text(cfg, store)}), "
+        f"then the deploy-verified pick (the {cfg.measure_top_k} best proxy candidates measured per round, 3 "
+        f"rounds, the most accurate one within the measured budget kept; if none is, up to 3 more rounds measure "
+        f"the most accurate others whose predicted latency, scaled by the measured / predicted ratio seen so far, "
+        f"fits the budget{pick_processes_text(cfg)}). Same fine-tune for every row of a model (SGD, cosine lr, on the "
         f"training split, masks kept; the *dense + the same fine-tune* row shows what those epochs alone buy the "
         f"unpruned model); per model: {per_model}. Seeds per model (agent + fine-tune): {seeds}"
         + (f"; extra fine-tune seeds of every fine-tuned row (test acc is the mean ± std over its fine-tunes, "
