@@ -925,7 +925,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         # give later agents a different yardstick: the dense measurement it comes from is noisy)
         budget_key = f"{spec.name}/budget/{setting}"  # the searches': under their signature
         search_sig = setting_signature(cfg, spec, setting, search=True)
-        if store.get(budget_key, search_sig) is None:
+        if (store.get(budget_key, search_sig) or {}).get("conversion") is None:  # none, or the older rule
             value = predicted_budget(cfg, space, measurer, setting, bits, target_ms, base=base,
                                      model_name=spec.name, shape=shape, space_cfg=space_cfg, spec=spec)
             store.put(budget_key, {"budget_predicted_ms": value, "budget_ms": target_ms,
@@ -1313,14 +1313,6 @@ def verify_processes_text(store: ResultStore) -> str:
     return ", ".join(f"{name}: {v.get('processes', 1)}" for name, v in verified.items()) or "none yet"
 
 
-def budget_rule_text(cfg: HeadlineConfig, store: ResultStore) -> str:
-    """Which models' and settings' in-loop budgets came from the earlier, uniform-only conversion (budget cells
-    are kept when the rule changes: the searches of that setting ran under them)."""
-    old = sorted(k.replace("/budget/", " ") for spec in cfg.models for k, c in current_cells(cfg, spec, store).items()
-                 if "/budget/" in k and "conversion" not in c)
-    return f"; {', '.join(old)}: the uniform model's ratio alone, the rule when they were searched" if old else ""
-
-
 def pick_processes_text(cfg: HeadlineConfig) -> str:
     if cfg.pick_processes == 1:
         return ""
@@ -1354,7 +1346,7 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
         f"the same number of candidates (per model, below; proxy accuracy on {cfg.proxy_val_images} validation images after BN "
         f"recalibration{proxy_steps_text(cfg)}; the budget on the device profile's predicted latency, converted "
         f"with the median predicted / measured ratio of the uniform channel-pruned model the profile puts at the "
-        f"budget and of 6 policies drawn from the space that it predicts nearest the budget{budget_rule_text(cfg, store)}), "
+        f"budget and of 6 policies drawn from the space that it predicts nearest the budget), "
         f"then the deploy-verified pick (the {cfg.measure_top_k} best proxy candidates measured per round, 3 "
         f"rounds, the most accurate one within the measured budget kept; if none is, up to 3 more rounds measure "
         f"the most accurate others whose predicted latency, scaled by the measured / predicted ratio seen so far, "
