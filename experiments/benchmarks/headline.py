@@ -1313,6 +1313,15 @@ def verify_processes_text(store: ResultStore) -> str:
     return ", ".join(f"{name}: {v.get('processes', 1)}" for name, v in verified.items()) or "none yet"
 
 
+def fill_text(cfg: HeadlineConfig) -> str:
+    if not cfg.fill_budget:
+        return ""
+    return (f"; then the pick's channel sparsities are scaled by one factor, bisected over {cfg.fill_steps} "
+            "measured steps for the least pruning that meets the budget (`fill_budget`: the agent's per-layer "
+            "allocation is kept; kept channels move in steps of their align, so a pick can stay a few percent "
+            "under it)")
+
+
 def pick_processes_text(cfg: HeadlineConfig) -> str:
     if cfg.pick_processes == 1:
         return ""
@@ -1350,7 +1359,7 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
         f"then the deploy-verified pick (the {cfg.measure_top_k} best proxy candidates measured per round, 3 "
         f"rounds, the most accurate one within the measured budget kept; if none is, up to 3 more rounds measure "
         f"the most accurate others whose predicted latency, scaled by the measured / predicted ratio seen so far, "
-        f"fits the budget{pick_processes_text(cfg)}). Same fine-tune for every row of a model (SGD, cosine lr, on the "
+        f"fits the budget{pick_processes_text(cfg)}){fill_text(cfg)}. Same fine-tune for every row of a model (SGD, cosine lr, on the "
         f"training split, masks kept; the *dense + the same fine-tune* row shows what those epochs alone buy the "
         f"unpruned model); per model: {per_model}. Seeds per model (agent + fine-tune): {seeds}"
         + (f"; extra fine-tune seeds of every fine-tuned row (test acc is the mean ± std over its fine-tunes, "
