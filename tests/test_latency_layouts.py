@@ -86,8 +86,8 @@ def test_the_replayed_layout_matches_the_graph_onnxruntime_optimises(tmp_path):
     conv's channel counts and its neighbours' layouts (a pruned resnet mixing aligned and unaligned widths
     reorders 20+ times and leaves a cascade of adds unfused); the replay must find exactly those nodes."""
     block = _block_here()
-    if block != 8:
-        pytest.skip(f"the NCHWc rules were measured with AVX2's block of 8 (this CPU: {block})")
+    if block == 0:  # checked with AVX2's block of 8 and AVX-512's 16
+        pytest.skip("this CPU runs no NCHWc layout")
     rng = random.Random(1)
     cases = list(_zoo_cases(3, seed=0)) + [(f"random#{j}", *random_network(rng)) for j in range(15)]
     mismatches = []
