@@ -474,6 +474,10 @@ class Measurer:
         return [statistics.median(self.cache[k]) for k in keys]
 
 
+BUDGET_SAMPLES = 6  # policies drawn near the budget for its conversion (`predicted_budget`)
+PICK_ROUNDS = 3  # proxy-ordered rounds of the pick (`pick_by_measurement`)
+RECALIBRATED_ROUNDS = 3  # its rounds after those, on rescaled predictions
+
 PICK_RULE = 2
 """Version of `pick_by_measurement`'s rule recorded in each agent cell. 2 added the recalibrated rounds; a
 pick within the budget is the same under both (their first rounds are the same), so only cells picked over
@@ -487,15 +491,15 @@ def needs_repick(cell: dict[str, Any]) -> bool:
 
 
 def pick_by_measurement(candidates: list[dict], measurer: Measurer, precision: str, target_ms: float,
-                        k: int, rounds: int = 3, processes: int = 1,
-                        recalibrated_rounds: int = 3) -> tuple[dict, float, bool, int]:
+                        k: int, rounds: int = PICK_ROUNDS, processes: int = 1,
+                        recalibrated_rounds: int = RECALIBRATED_ROUNDS) -> tuple[dict, float, bool, int]:
     """The most accurate proxy candidate whose measured latency meets the budget.
 
     Measures the best `k` by proxy accuracy, then the next `k`, up to `rounds` times. If none of those meets
     the budget, up to `recalibrated_rounds` more rounds measure the `k` most accurate of the other
     candidates whose predicted latency, scaled by the median measured / predicted ratio of the candidates
-    measured so far, meets it. Why: the search's budget is on the profile's scale, converted at one uniform
-    model, and the candidates crowd at it; where the profile under-predicts the searched shapes by a few
+    measured so far, meets it. Why: the search's budget is on the profile's scale, converted at a few
+    reference models (`predicted_budget`), and the candidates crowd at it; where the profile under-predicts the searched shapes by a few
     percent, every accurate candidate sits a few percent over the measured budget (ResNet-20 fp32 on the Xeon
     host, MobileNetV2 fp32 on the AMD host: 9 of 9 over), while slightly smaller ones the search also
     evaluated would hold it. If nothing does, the fastest measured one is returned flagged (the benchmark
@@ -580,41 +584,53 @@ def fill_budget(policy, space, measurer: Measurer, precision: str, target_ms: fl
     channel = [policy.decision(n).sparsity for n in space.layer_names() if policy.decision(n).scheme == "channel"]
     if not channel or max(channel) == 0.0:
         return policy, ms, ms <= target_ms, 1.0
-    if ms <= target_ms:
-        lo, hi, best = 0.0, 1.0, (policy, ms, 1.0)
-    else:
+    if ms <= target_ms:  # t = 1 (the pick) is fast enough; t = 0 prunes nothing
+        fast, slow = 1.0, 0.0
+    else:  # the pick is too slow; the fastest t takes every layer to the space's largest sparsities
         cap = max(max(space.choices(n).sparsities) for n in space.layer_names())
-        lo, hi, best = 1.0, max(1.0, cap / max(channel)), None
-    for _ in range(steps):
-        mid = 0.5 * (lo + hi)
-        scaled = scale_channel_sparsity(policy, space, mid)
-        (m,) = measurer.measure([scaled], precision)
-        if m <= target_ms and processes > 1:
-            (m,) = measurer.measure([scaled], precision, processes)
-        log(f"  fill: sparsities x {mid:.3f}: measured {m:.3f} ms (budget {target_ms:.3f})")
-        if m <= target_ms:
-            best, hi = (scaled, m, mid), mid
+        fast, slow = max(1.0, cap / max(channel)), 1.0
+
+    def cost(scaled, t: float) -> float:
+        return confirmed_ms(measurer, scaled, precision, target_ms, processes, f"fill: sparsities x {t:.3f}")
+
+    best, _ = bisect_within(lambda t: scale_channel_sparsity(policy, space, t), cost, target_ms, fast, slow, steps)
+    if best is not None:
+        return best[0], best[1], True, best[2]
+    return policy, ms, ms <= target_ms, 1.0
+
+
+def confirmed_ms(measurer: Measurer, policy, precision: str, target_ms: float, processes: int, label: str) -> float:
+    """One bisection step's measured latency: one timing process, and a time within the budget confirmed
+    in the median of `processes` (the picks' rule, `pick_by_measurement`)."""
+    (ms,) = measurer.measure([policy], precision)
+    if ms <= target_ms and processes > 1:
+        (ms,) = measurer.measure([policy], precision, processes)
+    log(f"  {label}: measured {ms:.3f} ms (budget {target_ms:.3f})")
+    return ms
+
+
+def bisect_within(make_policy, cost, target_ms: float, fast: float, slow: float, iters: int):
+    """Bisect a knob x between `fast` (the end assumed to meet the target) and `slow` for the x nearest `slow`
+    whose policy's `cost` meets `target_ms`. `make_policy(x)` builds the policy, `cost(policy, x)` prices it.
+    Returns ((policy, cost, x) of the last x that met the target, or None; the fast bound reached)."""
+    best = None
+    for _ in range(iters):
+        mid = 0.5 * (fast + slow)
+        policy = make_policy(mid)
+        value = cost(policy, mid)
+        if value <= target_ms:
+            best, fast = (policy, value, mid), mid
         else:
-            lo = mid
-    if best is None:
-        return policy, ms, False, 1.0
-    return best[0], best[1], True, best[2]
+            slow = mid
+    return best, fast
 
 
 def bisect_uniform_channel(make_policy, cost, target_ms: float, iters: int):
     """Bisect the MAC ratio of uniform channel pruning (in [0.02, 1]) for the largest ratio whose policy's
     `cost` meets `target_ms`. `make_policy(ratio)` builds the policy, `cost(policy, ratio)` prices it.
     Returns ((policy, cost) of the last ratio that met the target, or None; the lower bound reached)."""
-    lo, hi, best = 0.02, 1.0, None
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        policy = make_policy(mid)
-        value = cost(policy, mid)
-        if value <= target_ms:
-            best, lo = (policy, value), mid
-        else:
-            hi = mid
-    return best, lo
+    best, lo = bisect_within(make_policy, cost, target_ms, 0.02, 1.0, iters)
+    return (best[:2] if best else None), lo
 
 
 def uniform_channel_maker(base, model_name: str, shape, space_cfg, space, align: int, bits: int | None):
@@ -637,11 +653,8 @@ def uniform_channel_at_latency(base, model_name: str, shape, space_cfg, measurer
                                  SearchSpace.from_model(base, model_name, shape, space_cfg), align, bits)
 
     def measured(policy, ratio: float) -> float:
-        (ms,) = measurer.measure([policy], precision)
-        if ms <= target_ms and processes > 1:
-            (ms,) = measurer.measure([policy], precision, processes)
-        log(f"  uniform channel at MAC target {ratio:.3f}: measured {ms:.3f} ms (budget {target_ms:.3f})")
-        return ms
+        return confirmed_ms(measurer, policy, precision, target_ms, processes,
+                            f"uniform channel at MAC target {ratio:.3f}")
 
     best, lo = bisect_uniform_channel(make, measured, target_ms, iters)
     if best is None:
@@ -653,7 +666,8 @@ def uniform_channel_at_latency(base, model_name: str, shape, space_cfg, measurer
 
 def predicted_budget(cfg: HeadlineConfig, space, measurer: Measurer, setting: str, bits: int | None,
                      target_ms: float, base=None, model_name: str | None = None, shape=None,
-                     space_cfg=None, spec: ModelSpec | None = None, samples: int = 6) -> float:
+                     space_cfg=None, spec: ModelSpec | None = None,
+                     samples: int = BUDGET_SAMPLES) -> float:
     """The measured budget on the setting's predicted-latency scale, for the agents' in-loop costs.
 
     A device profile can be off by a roughly constant factor on a whole model (see the latency section of
@@ -831,11 +845,12 @@ class BenchmarkTracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
-def interrupted_search(bench: BenchmarkTracker, name: str, sig: str, budget_pred_ms: float) -> tuple[str, float] | None:
+def interrupted_search(bench: BenchmarkTracker, name: str, sig: str,
+                       budget_pred_ms: float) -> tuple[str, float] | None:
     """(search id, seconds it ran) of this benchmark's search `name` under cell signature `sig` and in-loop
     budget `budget_pred_ms` that was stopped before its cell was saved (the benchmark killed mid-search, or
-    between the search and the fine-tune, or its cell recomputed), else None. Why: a search is most of a cell's time (ResNet-20 ~13 min, MobileNetV2 ~25 min
-    on the AMD host), and the benchmark is run across sessions: resuming it keeps the candidates and the
+    between the search and the fine-tune, or its cell recomputed), else None. Why: a search is most of a
+    cell's time (ResNet-20 ~13 min, MobileNetV2 ~25 min on the AMD host), and the benchmark is run across sessions: resuming it keeps the candidates and the
     agent's state it had. The seconds are from the search's start to its last logged candidate."""
     runs = bench.client.search_runs(
         [bench.experiment_id],
@@ -900,10 +915,11 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
     measurer = Measurer(cfg, spec.name, base, calib, shape)
 
     dense_key = f"{spec.name}/dense-latency"  # what the searches start from: under their signature
-    if store.get(dense_key, signature(cfg, spec, search=True)) is None:
+    model_search_sig = signature(cfg, spec, search=True)
+    if store.get(dense_key, model_search_sig) is None:
         dense_ms = measurer.measure_dense()
         store.put(dense_key, {"latency_ms": dense_ms, "test_acc": float(ckpt.meta["test_acc"]),
-                              "checkpoint": str(ckpt.path)}, signature(cfg, spec, search=True))
+                              "checkpoint": str(ckpt.path)}, model_search_sig)
     elif store.get(dense_key)["test_acc"] != float(ckpt.meta["test_acc"]):
         # a fresh machine retrains the base model; later cells (and extra fine-tune seeds) start from it
         log(f"warning: {spec.name}: the base model here has test acc {100 * float(ckpt.meta['test_acc']):.2f}%, "
@@ -925,12 +941,14 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         # give later agents a different yardstick: the dense measurement it comes from is noisy)
         budget_key = f"{spec.name}/budget/{setting}"  # the searches': under their signature
         search_sig = setting_signature(cfg, spec, setting, search=True)
-        if (store.get(budget_key, search_sig) or {}).get("conversion") is None:  # none, or the older rule
+        budget_cell = store.get(budget_key, search_sig)
+        if budget_cell is None or "conversion" not in budget_cell:  # none, or from the older rule
             value = predicted_budget(cfg, space, measurer, setting, bits, target_ms, base=base,
                                      model_name=spec.name, shape=shape, space_cfg=space_cfg, spec=spec)
-            store.put(budget_key, {"budget_predicted_ms": value, "budget_ms": target_ms,
-                                   "conversion": "median of uniform and sampled policies"}, search_sig)
-        budget_pred_ms = store.get(budget_key, search_sig)["budget_predicted_ms"]
+            budget_cell = {"budget_predicted_ms": value, "budget_ms": target_ms,
+                           "conversion": "median of uniform and sampled policies"}
+            store.put(budget_key, budget_cell, search_sig)
+        budget_pred_ms = budget_cell["budget_predicted_ms"]
 
         def cell_of(method: str, policy, ms: float, within: bool, seed: int, extra: dict[str, Any],
                     space=space, setting=setting) -> dict[str, Any]:
@@ -1355,9 +1373,10 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
         f"the same number of candidates (per model, below; proxy accuracy on {cfg.proxy_val_images} validation images after BN "
         f"recalibration{proxy_steps_text(cfg)}; the budget on the device profile's predicted latency, converted "
         f"with the median predicted / measured ratio of the uniform channel-pruned model the profile puts at the "
-        f"budget and of 6 policies drawn from the space that it predicts nearest the budget), "
-        f"then the deploy-verified pick (the {cfg.measure_top_k} best proxy candidates measured per round, 3 "
-        f"rounds, the most accurate one within the measured budget kept; if none is, up to 3 more rounds measure "
+        f"budget and of {BUDGET_SAMPLES} policies drawn from the space that it predicts nearest the budget), "
+        f"then the deploy-verified pick (the {cfg.measure_top_k} best proxy candidates measured per round, "
+        f"{PICK_ROUNDS} rounds, the most accurate one within the measured budget kept; if none is, up to "
+        f"{RECALIBRATED_ROUNDS} more rounds measure "
         f"the most accurate others whose predicted latency, scaled by the measured / predicted ratio seen so far, "
         f"fits the budget{pick_processes_text(cfg)}){fill_text(cfg)}. Same fine-tune for every row of a model (SGD, cosine lr, on the "
         f"training split, masks kept; the *dense + the same fine-tune* row shows what those epochs alone buy the "
