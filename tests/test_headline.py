@@ -610,3 +610,56 @@ def test_extra_finetune_seeds_order_and_report(tmp_path):
     assert "| 88.00 ± 2.00% | -2.00 |" in line and "| 0 (FT 0,1,2) |" in line
     line = next(x for x in table.splitlines() if x.startswith("| uniform channel"))
     assert "| 87.00% |" in line and "| 0 |" in line
+
+
+def test_fill_budget_widens_every_step_and_the_option_is_in_the_signature(tmp_path):
+    """With a widener, every policy fill_budget measures has whole blocks where the widener finds them free
+    (here: a cost counting channels in blocks of 16, as onnxruntime's NCHWc layout computes them);
+    `widen_free_channels` changes the cells' signature but not the searches'."""
+    import math
+
+    from automl.models import build_model
+    from search_spaces import SearchSpace, SpaceConfig, cost_report
+    from search_spaces.widening import widen_free_channels
+
+    h = _headline_module()
+    cfg = h.HeadlineConfig.from_yaml(_config(tmp_path))
+    space = SearchSpace.from_model(build_model("resnet20", 1, 10, 28), "resnet20", (1, 28, 28),
+                                   SpaceConfig.from_dict({"schemes": {"conv3x3": ["channel"], "conv1x1": ["channel"]},
+                                                          "sparsities": [0.0, 0.35, 0.7]}))
+
+    def blocked_macs(p) -> float:
+        pad = lambda c: math.ceil(c / 16) * 16  # noqa: E731
+        return float(sum(pad(cl.out_channels) * pad(cl.in_channels) * cl.kernel_size[0] * cl.kernel_size[1]
+                         * cl.output_hw[0] * cl.output_hw[1] for cl in space.compressed_layers(p)))
+
+    measured = []
+
+    class BlockedMeter(h.Measurer):  # "latency" = MACs counted in channel blocks of 16
+        def __init__(self):
+            super().__init__(cfg, "resnet20", None, None, (1, 28, 28))
+
+        def measure(self, policies, precision, processes=1):
+            measured.extend(policies)
+            return [blocked_macs(p) for p in policies]
+
+    widen = lambda p: widen_free_channels(p, space, blocked_macs, 16)[0]  # noqa: E731
+    grouped = {n for g in space.groups for n in g.out_members}
+    pick = space.decode({n: {"scheme": "channel", "sparsity": 0.35, "align": 8} for n in grouped})
+    assert h.widened_groups(space, pick, widen(pick)) > 0
+    target = 0.8 * blocked_macs(widen(pick))
+    policy, ms, within, t = h.fill_budget(pick, space, BlockedMeter(), "fp32", target, steps=6, widen=widen)
+    assert within and t > 1 and ms <= target
+    for p in measured:  # every step measured with its free channels kept
+        assert all(cl.out_channels % 16 == 0 for cl in space.compressed_layers(p) if cl.name in grouped)
+        assert h.widened_groups(space, p, widen(p)) == 0
+    assert ms == blocked_macs(policy) and any(p is policy for p in measured)
+    # the pick's own channels (8 of 16, 24 of 32 at align 8) are widened, not scaled from the widened ones
+    assert cost_report(space, widen(pick)).mac_ratio > cost_report(space, pick).mac_ratio
+    spec = cfg.models[0]
+    on = cfg.model_copy(update={"widen_free_channels": True})
+    assert h.agent_signature(cfg, spec, "fp32") != h.agent_signature(on, spec, "fp32")  # NCHWc: it acts
+    assert h.agent_signature(cfg, spec, "int8") == h.agent_signature(on, spec, "int8")  # no blocked layout
+    for s in ("fp32", "int8"):  # baselines and searches are not touched by it
+        assert h.setting_signature(cfg, spec, s) == h.setting_signature(on, spec, s)
+        assert h.setting_signature(cfg, spec, s, search=True) == h.setting_signature(on, spec, s, search=True)

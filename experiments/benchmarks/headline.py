@@ -155,6 +155,10 @@ class HeadlineConfig(_Strict):
                               "layers, bisected on measured latency) until it meets the budget with the least "
                               "pruning: every row at the budget's latency, as the uniform baseline")
     fill_steps: int = Field(6, ge=1, description="measured bisection steps of fill_budget")
+    widen_free_channels: bool = Field(False, description="raise each pick's kept channels to the next whole "
+                                      "block of the runtime's blocked layout wherever the device profile "
+                                      "predicts no slowdown (`search_spaces.widening`), before and within "
+                                      "fill_budget: channels the runtime computes anyway are kept")
     baselines: list[Literal["uniform_channel", "global_magnitude", "dense_finetuned"]] = Field(
         default_factory=lambda: ["uniform_channel", "global_magnitude", "dense_finetuned"],
         description="dense_finetuned: the dense model given the same fine-tune (what the extra epochs alone buy)")
@@ -238,11 +242,26 @@ def setting_signature(cfg: HeadlineConfig, spec: ModelSpec, setting: str, search
     return hashlib.sha256(f"{base}/{setting}/{extra}".encode()).hexdigest()[:16]
 
 
+def agent_signature(cfg: HeadlineConfig, spec: ModelSpec, setting: str) -> str:
+    """The signature of one setting's agent cells: the setting's, extended by `widen_free_channels` where
+    it acts (a precision the runtime runs in a blocked layout, `Runtime.blocked_layout_precisions`), so
+    turning it on recomputes only the picks it changes (not the baselines, not the int8 ones here)."""
+    import hashlib
+
+    from latency_models.profile import _blocked_layout_precisions
+
+    base = setting_signature(cfg, spec, setting)
+    if not (cfg.widen_free_channels and setting in _blocked_layout_precisions(cfg.latency.runtime)):
+        return base
+    return hashlib.sha256(f"{base}/widen_free_channels".encode()).hexdigest()[:16]
+
+
 def current_cells(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore) -> dict[str, dict[str, Any]]:
     """This model's cells computed under the current recipe: "<model>/<setting>/..." cells against their
-    setting's signature, "<model>/budget/<setting>" against its search signature, "<model>/dense-latency"
+    setting's signature (agent cells: `agent_signature`), "<model>/budget/<setting>" against its search signature, "<model>/dense-latency"
     against the model's search signature."""
     want = {s: setting_signature(cfg, spec, s) for s in ("fp32", "int8")}
+    want_agent = {s: agent_signature(cfg, spec, s) for s in ("fp32", "int8")}
     want_search = {None: signature(cfg, spec, search=True),
                    **{s: setting_signature(cfg, spec, s, search=True) for s in ("fp32", "int8")}}
     out = {}
@@ -251,7 +270,7 @@ def current_cells(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore) -> d
         if parts[0] != spec.name:
             continue
         if parts[1] in ("fp32", "int8"):
-            current = want[parts[1]]
+            current = (want_agent if parts[2] in cfg.agents else want)[parts[1]]
         else:  # the budget and the dense latency: what the searches start from
             current = want_search[parts[2] if parts[1] == "budget" else None]
         if cell.get("signature") == current:
@@ -571,19 +590,23 @@ def scale_channel_sparsity(policy, space, t: float):
 
 
 def fill_budget(policy, space, measurer: Measurer, precision: str, target_ms: float, steps: int,
-                processes: int = 1) -> tuple[Any, float, bool, float]:
+                processes: int = 1, widen=None) -> tuple[Any, float, bool, float]:
     """The pick moved to the budget's measured latency: its channel sparsities scaled by one factor t,
     bisected on measured latency for the least pruning that meets the budget (t <= 1 for a pick within it,
     t >= 1 for one over it, up to the space's largest sparsities). Why: the comparison the benchmark makes is
     at the same measured latency, and the uniform baseline is bisected to the budget; a pick that the
     profile's error left a few percent under the budget (or over it) would be compared at another speed.
     The agent's allocation, which layers it prunes more and which less, is kept. A step that one process
-    times within the budget must hold in the median of `processes` (the pick's rule).
+    times within the budget must hold in the median of `processes` (the pick's rule). `widen` (policy ->
+    policy, e.g. `free_channel_widener`'s) is applied to the pick and to every scaled policy before it is
+    measured (the scaling starts from the pick's own sparsities, so a widened group can still be pruned).
     Returns (policy, measured ms, within budget, t)."""
-    (ms,) = measurer.measure([policy], precision, processes)
+    widen = widen or (lambda p: p)
+    start = widen(policy)
+    (ms,) = measurer.measure([start], precision, processes)
     channel = [policy.decision(n).sparsity for n in space.layer_names() if policy.decision(n).scheme == "channel"]
     if not channel or max(channel) == 0.0:
-        return policy, ms, ms <= target_ms, 1.0
+        return start, ms, ms <= target_ms, 1.0
     if ms <= target_ms:  # t = 1 (the pick) is fast enough; t = 0 prunes nothing
         fast, slow = 1.0, 0.0
     else:  # the pick is too slow; the fastest t takes every layer to the space's largest sparsities
@@ -593,10 +616,38 @@ def fill_budget(policy, space, measurer: Measurer, precision: str, target_ms: fl
     def cost(scaled, t: float) -> float:
         return confirmed_ms(measurer, scaled, precision, target_ms, processes, f"fill: sparsities x {t:.3f}")
 
-    best, _ = bisect_within(lambda t: scale_channel_sparsity(policy, space, t), cost, target_ms, fast, slow, steps)
+    best, _ = bisect_within(lambda t: widen(scale_channel_sparsity(policy, space, t)), cost, target_ms, fast, slow,
+                            steps)
     if best is not None:
         return best[0], best[1], True, best[2]
-    return policy, ms, ms <= target_ms, 1.0
+    return start, ms, ms <= target_ms, 1.0
+
+
+def free_channel_widener(cfg: HeadlineConfig, space, setting: str):
+    """policy -> the policy with the kept channels the runtime computes anyway (`search_spaces.widening`):
+    each channel group raised to the next whole block of the setting's device profile's blocked layout
+    where the profile predicts no slowdown. None where the profile's runtime runs no blocked layout (the
+    int8 path here): there is no block to fill."""
+    from latency_models import get_or_build_profile, predict_policy
+    from search_spaces.widening import widen_free_channels
+
+    lat = cfg.latency
+    profile = get_or_build_profile(lat.runtime, minutes=lat.profile_minutes, batch=lat.batch, threads=lat.threads,
+                                   precision=setting, progress=log)
+    if not profile.layout_block:
+        return None
+    block = int(profile.layout_block)
+    return lambda policy: widen_free_channels(policy, space, lambda p: predict_policy(profile, space, p).ms,
+                                              block)[0]
+
+
+def widened_groups(space, before, after) -> int:
+    """How many channel groups keep more channels in `after` than in `before`."""
+    from search_spaces import resolve_kept
+
+    a = resolve_kept(space.groups, lambda n: space.effective_decision(before, n))
+    b = resolve_kept(space.groups, lambda n: space.effective_decision(after, n))
+    return sum(b[g] > a[g] for g in a)
 
 
 def confirmed_ms(measurer: Measurer, policy, precision: str, target_ms: float, processes: int, label: str) -> float:
@@ -941,6 +992,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         # give later agents a different yardstick: the dense measurement it comes from is noisy)
         budget_key = f"{spec.name}/budget/{setting}"  # the searches': under their signature
         search_sig = setting_signature(cfg, spec, setting, search=True)
+        agent_sig = agent_signature(cfg, spec, setting)
         budget_cell = store.get(budget_key, search_sig)
         if budget_cell is None or "conversion" not in budget_cell:  # none, or from the older rule
             value = predicted_budget(cfg, space, measurer, setting, bits, target_ms, base=base,
@@ -979,7 +1031,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         for seed in spec.seeds:
             for agent in cfg.agents:
                 key = f"{spec.name}/{setting}/{agent}/s{seed}"
-                done = store.get(key, sig)
+                done = store.get(key, agent_sig)
                 if done is not None and not needs_repick(done):
                     continue
                 if done is not None:
@@ -1027,11 +1079,21 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                 log(f"  pick: candidate #{cand['index']} proxy {100 * cand['metrics']['accuracy']:.2f}%, "
                     f"measured {ms:.3f} ms ({'within' if within else 'OVER'} budget; {n_measured} measured)")
                 kept, fill = cand["policy"], {}
+                widen = free_channel_widener(cfg, space, setting) if cfg.widen_free_channels else None
+                if widen is not None:
+                    wide = widen(kept)
+                    fill["widened_at_pick"] = widened_groups(space, kept, wide)
+                    log(f"  widen: {fill['widened_at_pick']} channel group(s) raised to whole blocks")
+                    if not cfg.fill_budget and wide is not kept:  # else fill_budget widens it
+                        wide_ms = confirmed_ms(measurer, wide, setting, target_ms, cfg.pick_processes,
+                                               "widened pick")
+                        if wide_ms <= target_ms or not within:
+                            kept, ms, within = wide, wide_ms, wide_ms <= target_ms
                 if cfg.fill_budget:
                     picked_ms = ms
                     kept, ms, within, t = fill_budget(kept, space, measurer, setting, target_ms, cfg.fill_steps,
-                                                      processes=cfg.pick_processes)
-                    fill = {"fill_t": t, "picked_ms": picked_ms}
+                                                      processes=cfg.pick_processes, widen=widen)
+                    fill.update({"fill_t": t, "picked_ms": picked_ms})
                     log(f"  fill: sparsities x {t:.3f}, measured {ms:.3f} ms "
                         f"({'within' if within else 'OVER'} budget)")
                 ft = finetune_cell(base, kept, splits, cfg, spec, seed)
@@ -1047,7 +1109,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                     "finetuned": True})
                 log_finetuned_into_search(bench.uri, cfg.tracking.experiment, result.search_id,
                                           {**cand, "policy": kept}, cell)
-                store.put(key, cell, sig)
+                store.put(key, cell, agent_sig)
                 bench.log_result(key, cell, kept)
                 log(f"  {key}: test acc {100 * cell['test_acc']:.2f}% at {ms:.3f} ms ({cell['speedup']:.2f}x)")
 
@@ -1340,6 +1402,14 @@ def fill_text(cfg: HeadlineConfig) -> str:
             "under it)")
 
 
+def widen_text(cfg: HeadlineConfig) -> str:
+    if not cfg.widen_free_channels:
+        return ""
+    return ("; each pick's channel groups (and each fill step's) keep the next whole block of the runtime's "
+            "blocked layout (fp32 onnxruntime's NCHWc; none in int8) where the device profile predicts no "
+            "slowdown (`widen_free_channels`: channels the runtime computes anyway are kept)")
+
+
 def pick_processes_text(cfg: HeadlineConfig) -> str:
     if cfg.pick_processes == 1:
         return ""
@@ -1378,7 +1448,7 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
         f"{PICK_ROUNDS} rounds, the most accurate one within the measured budget kept; if none is, up to "
         f"{RECALIBRATED_ROUNDS} more rounds measure "
         f"the most accurate others whose predicted latency, scaled by the measured / predicted ratio seen so far, "
-        f"fits the budget{pick_processes_text(cfg)}){fill_text(cfg)}. Same fine-tune for every row of a model (SGD, cosine lr, on the "
+        f"fits the budget{pick_processes_text(cfg)}){fill_text(cfg)}{widen_text(cfg)}. Same fine-tune for every row of a model (SGD, cosine lr, on the "
         f"training split, masks kept; the *dense + the same fine-tune* row shows what those epochs alone buy the "
         f"unpruned model); per model: {per_model}. Seeds per model (agent + fine-tune): {seeds}"
         + (f"; extra fine-tune seeds of every fine-tuned row (test acc is the mean ± std over its fine-tunes, "
