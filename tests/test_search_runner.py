@@ -66,3 +66,37 @@ def test_candidates_logged_before_validation_accuracy_existed_rank_by_accuracy()
     runner = _runner({"max_latency_ms": 1.0}, printed)
     old = {"index": 0, "policy": CompressionPolicy("m", {}), "metrics": {"accuracy": 0.88}}
     assert runner._best_finetuned([old, _cand(1, val=0.85, test=0.95)])["index"] == 0
+
+
+def test_top_candidates_keep_the_channels_a_blocked_runtime_computes_anyway():
+    """Before the fine-tune, a candidate's channel groups are raised to whole blocks of the profile's
+    blocked layout where the profile predicts that free (`latency.widen_free_channels`, on by default); a
+    profile without a blocked layout, or the option off, leaves the candidate as it was."""
+    from dataclasses import replace
+
+    from test_latency_profile import _synthetic_other_kernels, fixture_samples, here_profile
+
+    from automl.models import build_model
+    from latency_models import predict_policy
+    from search_spaces import SearchSpace
+    from search_spaces.widening import widen_free_channels
+
+    space = SearchSpace.from_model(build_model("resnet20", 1, 10, 28), "resnet20", (1, 28, 28))
+    plain = here_profile(fixture_samples() + _synthetic_other_kernels())
+    blocked = replace(plain, layout_block=16)
+    policy = space.decode({lc.layer.name: {"scheme": "channel", "sparsity": 0.4, "align": 8}
+                           for lc in space.layers if "channel" in lc.schemes})
+    cand = {"index": 3, "policy": policy, "metrics": {"accuracy": 0.8}}
+    expected, steps = widen_free_channels(policy, space, lambda p: predict_policy(blocked, space, p).ms, 16)
+    assert steps  # this profile prices at least one group's next block as free
+
+    printed: list[str] = []
+    widened = _runner({"max_latency_ratio": 0.5}, printed)._widened(cand, space, blocked)
+    assert widened["policy"] == expected and widened["metrics"]["widened_groups"] == len(steps)
+    assert cand["policy"] is policy and "widened_groups" not in cand["metrics"]  # the input is not modified
+    assert f"{steps[0].layer} {steps[0].kept_before}->{steps[0].kept_after}" in printed[-1]
+    assert predict_policy(blocked, space, expected).ms <= predict_policy(blocked, space, policy).ms
+
+    assert _runner({"max_latency_ratio": 0.5}, [])._widened(cand, space, plain) is cand  # no blocked layout
+    off = SearchConfig.from_dict({"budget": {"max_latency_ratio": 0.5}, "latency": {"widen_free_channels": False}})
+    assert SearchRunner(off, tracking_uri="sqlite:///unused.db", printer=print)._widened(cand, space, blocked) is cand

@@ -68,6 +68,10 @@ class LatencyConfig(_Strict):
     profile_minutes: float = Field(1.5, gt=0, le=120)
     device: str | None = Field(None, description="remote device agent URL (http://host:port); default: this machine")
     measure_top_k: int = Field(3, ge=0, description="re-measure this many best candidates on the real runtime")
+    widen_free_channels: bool = Field(True, description=(
+        "before fine-tuning the top candidates, raise each channel group's kept count to the next whole block "
+        "of the runtime's blocked layout (onnxruntime fp32's NCHWc: 8 or 16 channels) wherever the profile "
+        "predicts no slowdown: channels the runtime computes anyway are kept, not pruned"))
     calibrate: bool = Field(True, description=(
         "scale the in-loop predictions by measured / predicted latency of the dense model (measured at the "
         "search's start), so they hold at the machine's current speed; false: the profile's own figures"))

@@ -451,6 +451,7 @@ class SearchRunner:
                 continue
             self.print(f"fine-tuning top-{rank + 1} candidate #{cand['index']} "
                        f"({cfg.evaluation.finetune_epochs} epoch(s) on {len(splits.x_train)} images)")
+            cand = self._widened(cand, space, profile)
             compressed = evaluator.compress(cand["policy"])
             finetune(compressed, splits, cfg.evaluation.finetune_epochs, lr=cfg.evaluation.finetune_lr, seed=cfg.seed,
                      progress=self.print)
@@ -490,6 +491,23 @@ class SearchRunner:
                           if "latency_ms_measured" in metrics else ""))
             out.append({**cand, "metrics": metrics, "run_id": run_id, "stage": "finetuned"})
         return out
+
+    def _widened(self, cand: dict[str, Any], space, profile) -> dict[str, Any]:
+        """`cand` with its channel groups widened to the runtime's whole blocks where the profile predicts it
+        free (`latency.widen_free_channels`, `search_spaces.widening`); as it was otherwise."""
+        if not (self.config.latency.widen_free_channels and profile is not None and profile.layout_block):
+            return cand
+        from latency_models import predict_policy
+        from search_spaces.widening import widen_free_channels
+
+        policy, steps = widen_free_channels(cand["policy"], space, lambda p: predict_policy(profile, space, p).ms,
+                                            int(profile.layout_block))
+        if not steps:
+            return cand
+        self.print(f"  #{cand['index']}: kept channels widened to whole blocks of {profile.layout_block} where the "
+                   "profile predicts them free: " + ", ".join(f"{s.layer} {s.kept_before}->{s.kept_after}"
+                                                              for s in steps))
+        return {**cand, "policy": policy, "metrics": {**cand["metrics"], "widened_groups": len(steps)}}
 
     def _best_finetuned(self, finetuned: list[dict[str, Any]]) -> dict[str, Any]:
         """The fine-tuned candidate to recommend: the most accurate on the *validation* split (choosing on
