@@ -902,7 +902,8 @@ def interrupted_search(bench: BenchmarkTracker, name: str, sig: str,
     budget `budget_pred_ms` that was stopped before its cell was saved (the benchmark killed mid-search, or
     between the search and the fine-tune, or its cell recomputed), else None. Why: a search is most of a
     cell's time (ResNet-20 ~13 min, MobileNetV2 ~25 min on the AMD host), and the benchmark is run across sessions: resuming it keeps the candidates and the
-    agent's state it had. The seconds are from the search's start to its last logged candidate."""
+    agent's state it had. The seconds are from the search's start to its last logged proxy candidate (not
+    to a pick's `finetuned` child, logged after the fine-tune)."""
     runs = bench.client.search_runs(
         [bench.experiment_id],
         filter_string=f"tags.`automl.role` = 'search' and tags.`automl.search_name` = '{name}' "
@@ -915,7 +916,8 @@ def interrupted_search(bench: BenchmarkTracker, name: str, sig: str,
         children = bench.client.search_runs(
             [bench.experiment_id], filter_string=f"tags.`automl.search_id` = '{run.info.run_id}' and "
                                                  "tags.`automl.role` = 'candidate'", max_results=50_000)
-        ends = [c.info.end_time for c in children if c.info.end_time]
+        ends = [c.info.end_time for c in children
+                if c.info.end_time and c.data.tags.get("automl.stage") != "finetuned"]
         return run.info.run_id, (max(ends) - run.info.start_time) / 1000 if ends else 0.0
     return None
 
