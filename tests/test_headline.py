@@ -605,6 +605,12 @@ def test_extra_finetune_seeds_order_and_report(tmp_path):
     assert h.extra_finetune_todo(cfg2, seeded, store) == [(1, "resnet20/fp32/uniform_channel/s0"),
                                                           (2, "resnet20/fp32/uniform_channel/s0")]
     assert h.accuracies(store.get("resnet20/fp32/random/s0")) == [0.88, 0.86, 0.90]
+    # a row with the same policy takes a finished row's result for that seed instead of fine-tuning again
+    assert h.fine_tuned_twin(cfg2, seeded, store, "resnet20/fp32/uniform_channel/s0", 1) == "resnet20/fp32/random/s0"
+    assert h.fine_tuned_twin(cfg2, seeded, store, "resnet20/fp32/random/s0", 1) is None  # none done by another
+    store.put("resnet20/fp32/uniform_channel/s0", {**store.get("resnet20/fp32/uniform_channel/s0"),
+                                                   "policy": {"model": "resnet20"}}, sig)
+    assert h.fine_tuned_twin(cfg2, seeded, store, "resnet20/fp32/uniform_channel/s0", 1) is None  # another policy
     table = h.render(cfg2, store)
     line = next(x for x in table.splitlines() if x.startswith("| random |"))
     assert "| 88.00 ± 2.00% | -2.00 |" in line and "| 0 (FT 0,1,2) |" in line
