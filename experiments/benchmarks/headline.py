@@ -32,6 +32,7 @@ it logged to MLflow and its agent's state are kept); `--docs` writes the table i
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -995,6 +996,10 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         budget_key = f"{spec.name}/budget/{setting}"  # the searches': under their signature
         search_sig = setting_signature(cfg, spec, setting, search=True)
         agent_sig = agent_signature(cfg, spec, setting)
+        # the setting's widener loads (and refits) its device profile: once per setting, and only when a
+        # pick needs it
+        widener = functools.cache(lambda space=space, setting=setting: free_channel_widener(cfg, space, setting)
+                                  if cfg.widen_free_channels else None)
         budget_cell = store.get(budget_key, search_sig)
         if budget_cell is None or "conversion" not in budget_cell:  # none, or from the older rule
             value = predicted_budget(cfg, space, measurer, setting, bits, target_ms, base=base,
@@ -1081,7 +1086,7 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
                 log(f"  pick: candidate #{cand['index']} proxy {100 * cand['metrics']['accuracy']:.2f}%, "
                     f"measured {ms:.3f} ms ({'within' if within else 'OVER'} budget; {n_measured} measured)")
                 kept, fill = cand["policy"], {}
-                widen = free_channel_widener(cfg, space, setting) if cfg.widen_free_channels else None
+                widen = widener()
                 if widen is not None:
                     wide = widen(kept)
                     fill["widened_at_pick"] = widened_groups(space, kept, wide)
