@@ -1502,7 +1502,7 @@ def write_docs(cfg: HeadlineConfig, config_path: Path, table: str, layers: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("config", type=Path, help="benchmark YAML (experiments/benchmarks/headline.yaml)")
     p.add_argument("--results", type=Path, default=None,
                    help="results JSON (resumable); default $AUTOML_HOME/benchmarks/<name>.json, started "
