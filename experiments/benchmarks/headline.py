@@ -998,8 +998,8 @@ def run_model(cfg: HeadlineConfig, spec: ModelSpec, store: ResultStore, bench: B
         agent_sig = agent_signature(cfg, spec, setting)
         # the setting's widener loads (and refits) its device profile: once per setting, and only when a
         # pick needs it
-        widener = functools.cache(lambda space=space, setting=setting: free_channel_widener(cfg, space, setting)
-                                  if cfg.widen_free_channels else None)
+        widener = (functools.cache(functools.partial(free_channel_widener, cfg, space, setting))
+                   if cfg.widen_free_channels else lambda: None)
         budget_cell = store.get(budget_key, search_sig)
         if budget_cell is None or "conversion" not in budget_cell:  # none, or from the older rule
             value = predicted_budget(cfg, space, measurer, setting, bits, target_ms, base=base,
